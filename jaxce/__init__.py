@@ -1,0 +1,37 @@
+"""jaxce: cross-entropy for JAX.
+
+Every cross-entropy loss (binary, categorical, sparse, focal; from logits and
+from probabilities), their closed-form gradients, a fused large-vocabulary loss,
+and Equinox models trained through Optax.
+"""
+
+# Losses (logit space)
+from ._binary import (
+    binary_cross_entropy as binary_cross_entropy,
+    sigmoid_binary_cross_entropy as sigmoid_binary_cross_entropy,
+)
+from ._focal import (
+    sigmoid_focal_loss as sigmoid_focal_loss,
+    softmax_focal_loss as softmax_focal_loss,
+)
+from ._information import (
+    cross_entropy as cross_entropy,
+    entropy as entropy,
+    kl_divergence as kl_divergence,
+    perplexity as perplexity,
+)
+from ._probability import (
+    categorical_cross_entropy as categorical_cross_entropy,
+    sparse_categorical_cross_entropy as sparse_categorical_cross_entropy,
+)
+from ._softmax import (
+    softmax_cross_entropy as softmax_cross_entropy,
+    sparse_softmax_cross_entropy as sparse_softmax_cross_entropy,
+)
+from ._validate import validate as validate
+
+# -- closed forms (issue 3): `from . import closed_form as closed_form` etc.
+# -- models and training (issue 4)
+# -- fused loss (issue 5)
+
+__version__ = "0.1.0"

@@ -1,0 +1,148 @@
+"""The categorical core shared by the softmax (logit) and probability losses.
+
+Given log-probabilities ``logp`` along the last axis, the per-element loss with
+class weights ``w`` and (possibly smoothed) targets ``t`` is
+
+    L = -sum_c w_c t_c logp_c
+
+and the weight the element carries in ``reduction="mean"`` is
+``sum_c w_c t_c`` with the *unsmoothed* targets (``w[label]`` for integer labels),
+which is PyTorch's weighted-mean denominator.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jaxtyping import Array
+
+from ._options import (
+    check_class_weights,
+    check_integer_labels,
+    check_label_smoothing,
+    element_mask,
+    normalize_axis,
+    safe_xlogy,
+    split_where,
+)
+
+
+class Classes:
+    """Inputs moved to the last axis, with the class mask and presence resolved."""
+
+    def __init__(self, x: Array, axis: int, where, name: str, dtype):
+        axis = normalize_axis(axis, x.ndim, name)
+        self.x = jnp.moveaxis(x, axis, -1).astype(dtype)
+        self.axis = axis
+        self.num_classes = self.x.shape[-1]
+        self.element_shape = self.x.shape[:-1]
+        class_mask, element_where = split_where(where, x.ndim, axis)
+        self.present = element_mask(element_where, self.element_shape)
+        if class_mask is not None:
+            try:
+                class_mask = jnp.broadcast_to(class_mask, self.x.shape)
+            except ValueError:
+                raise ValueError(
+                    f"`where` of shape {jnp.shape(where)} has as many dimensions as "
+                    f"`{name}` {x.shape}, so it is a per-class mask, but it does not "
+                    f"broadcast to `{name}`."
+                ) from None
+            self.present = self.present & jnp.any(class_mask, axis=-1)
+            self.count = jnp.sum(class_mask, axis=-1).astype(dtype)
+        else:
+            self.count = None
+        self.class_mask = class_mask
+        self.dtype = dtype
+
+    def k(self) -> Array | int:
+        """Number of classes in play per element (label smoothing's K)."""
+        return self.num_classes if self.count is None else self.count
+
+    def check_targets(self, targets: Array, name: str = "targets") -> Array:
+        t = jnp.moveaxis(targets, self.axis, -1)
+        if t.shape != self.x.shape:
+            raise ValueError(
+                f"`{name}` must have the shape of the input, got {targets.shape} for "
+                f"input of shape {jnp.moveaxis(self.x, -1, self.axis).shape}."
+            )
+        return t.astype(self.dtype)
+
+    def check_labels(self, labels: Array, ignore_index: int | None) -> Array:
+        check_integer_labels(labels)
+        if labels.shape != self.element_shape:
+            raise ValueError(
+                f"`labels` must have the input's shape without the class axis "
+                f"{self.element_shape}, got {labels.shape}."
+            )
+        if ignore_index is not None:
+            if not isinstance(ignore_index, int):
+                raise TypeError(f"`ignore_index` must be an int, got {ignore_index!r}.")
+            self.present = self.present & (labels != ignore_index)
+        return jnp.where(self.present, labels, 0)
+
+    def class_weights(self, class_weights) -> Array | None:
+        return check_class_weights(class_weights, self.num_classes, self.dtype)
+
+    def keep(self, values: Array, fill) -> Array:
+        """Masked classes become ``fill``; absent rows become 0 (finite gradients)."""
+        if self.class_mask is not None:
+            values = jnp.where(self.class_mask, values, fill)
+        return jnp.where(self.present[..., None], values, jnp.zeros((), values.dtype))
+
+    def smooth(self, t: Array, label_smoothing) -> Array:
+        """``(1 - eps) * t + eps / K`` on the classes in play."""
+        check_label_smoothing(label_smoothing)
+        if isinstance(label_smoothing, (int, float)) and label_smoothing == 0:
+            return t
+        eps = jnp.asarray(label_smoothing, self.dtype)
+        k = self.k()
+        uniform = jnp.asarray(1, self.dtype) / jnp.asarray(k, self.dtype)
+        uniform = jnp.broadcast_to(jnp.expand_dims(uniform, -1), t.shape)
+        if self.class_mask is not None:
+            uniform = jnp.where(self.class_mask, uniform, jnp.zeros((), self.dtype))
+        return (1 - eps) * t + eps * uniform
+
+
+def dense_loss(logp: Array, t: Array, t_raw: Array, cw: Array | None, classes):
+    """Per-element ``-sum_c w_c t_c logp_c`` and its mean-denominator weight."""
+    wt = t if cw is None else t * cw
+    if classes.class_mask is not None:
+        wt = jnp.where(classes.class_mask, wt, jnp.zeros((), wt.dtype))
+        t_raw = jnp.where(classes.class_mask, t_raw, jnp.zeros((), t_raw.dtype))
+    loss = -jnp.sum(safe_xlogy(wt, logp), axis=-1)
+    denom = None if cw is None else jnp.sum(t_raw * cw, axis=-1)
+    return loss, denom
+
+
+def sparse_loss(
+    logp_y: Array,
+    sum_logp: Array | None,
+    cw: Array | None,
+    safe_labels: Array,
+    label_smoothing,
+    classes: Classes,
+):
+    """Per-element loss for integer labels, written without a one-hot.
+
+    ``logp_y`` is the target log-probability; ``sum_logp`` is
+    ``sum_c w_c logp_c`` over classes in play (only needed with smoothing).
+    """
+    check_label_smoothing(label_smoothing)
+    w_y = None if cw is None else cw[safe_labels]
+    nll = -logp_y if w_y is None else -w_y * logp_y
+    if sum_logp is not None:
+        eps = jnp.asarray(label_smoothing, classes.dtype)
+        k = jnp.asarray(classes.k(), classes.dtype)
+        nll = (1 - eps) * nll - eps / k * sum_logp
+    return nll, w_y
+
+
+def class_sum(values: Array, cw: Array | None, classes: Classes) -> Array:
+    """``sum_c w_c values_c`` over the classes in play."""
+    wv = values if cw is None else values * cw
+    if classes.class_mask is not None:
+        wv = jnp.where(classes.class_mask, wv, jnp.zeros((), wv.dtype))
+    return jnp.sum(wv, axis=-1)
+
+
+def uses_smoothing(label_smoothing) -> bool:
+    return not (isinstance(label_smoothing, (int, float)) and label_smoothing == 0)

@@ -1,0 +1,191 @@
+"""Focal losses (Lin et al., 2017) from logits: sigmoid and softmax."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, Real
+
+from ._binary import binary_inputs
+from ._categorical import Classes
+from ._options import (
+    Number,
+    Reduction,
+    ScalarLike,
+    as_float_input,
+    check_nonneg,
+    compute_dtype,
+    is_concrete_number,
+    reduce_loss,
+    safe_xlogy,
+)
+
+
+def safe_power(x: Array, gamma) -> Array:
+    """``x ** gamma`` for ``x >= 0`` with a finite (zero) gradient at ``x = 0``."""
+    if is_concrete_number(gamma) and gamma == 0:
+        return jnp.ones_like(x)
+    pos = x > 0
+    return jnp.where(pos, jnp.exp(gamma * jnp.log(jnp.where(pos, x, 1))), 0)
+
+
+def check_gamma(gamma) -> None:
+    check_nonneg(gamma, "gamma")
+
+
+def sigmoid_focal_loss(
+    logits: Float[ArrayLike, "*shape"],
+    labels: Real[ArrayLike, "*shape"],
+    *,
+    alpha: ScalarLike | None = None,
+    gamma: ScalarLike = 2.0,
+    weights: Float[ArrayLike, "..."] | None = None,
+    where: Bool[ArrayLike, "..."] | None = None,
+    reduction: Reduction = "mean",
+    base: Number | None = None,
+) -> Float[Array, "..."]:
+    r"""Sigmoid focal loss: binary cross-entropy down-weighting easy examples.
+
+    With $p = \sigma(z)$, $p_t = p y + (1 - p)(1 - y)$ and
+    $\alpha_t = \alpha y + (1 - \alpha)(1 - y)$ (1 when ``alpha=None``):
+
+    $$L = -\alpha_t (1 - p_t)^\gamma
+        \left[y \log \sigma(z) + (1 - y) \log \sigma(-z)\right]$$
+
+    ``gamma=0, alpha=None`` is `sigmoid_binary_cross_entropy`. ``reduction="none"``
+    equals optax ``sigmoid_focal_loss``; Keras ``BinaryFocalCrossentropy
+    (apply_class_balancing=True, alpha=a)`` is ``alpha=a`` with
+    ``reduction="sum_over_batch_size"``. $\alpha_t$ is part of the per-element loss,
+    not of the ``"mean"`` denominator (which uses ``weights`` only).
+
+    Args:
+        logits: scores $z$.
+        labels: 0/1 or soft labels in $[0, 1]$, the shape of ``logits``.
+        alpha: balance $\alpha \in [0, 1]$ of the positive class, or ``None``.
+        gamma: focusing parameter $\gamma \ge 0$.
+        weights: per-element weights, broadcast to ``logits``.
+        where: boolean mask of present elements.
+        reduction: ``"none"``, ``"sum"``, ``"mean"`` or ``"sum_over_batch_size"``.
+        base: log base of the result (``None``: nats).
+
+    Returns:
+        Per-element losses for ``"none"``, else a scalar; dtype of ``logits``.
+
+    Examples:
+        >>> import jax.numpy as jnp, jaxce
+        >>> logits = jnp.array([2.0, -1.0, 0.0])
+        >>> labels = jnp.array([1.0, 0.0, 1.0])
+        >>> print(jaxce.sigmoid_focal_loss(logits, labels, reduction="none"))
+        [0.00180 0.02266 0.17329]
+
+    References:
+        Lin et al., *Focal Loss for Dense Object Detection*, 2017,
+        https://arxiv.org/abs/1708.02002.
+    """
+    check_gamma(gamma)
+    if is_concrete_number(alpha) and not 0 <= alpha <= 1:  # type: ignore[operator]
+        raise ValueError(f"`alpha` must be None or in [0, 1], got {alpha!r}.")
+    x, z, y, present, dtype = binary_inputs(logits, labels, "logits", 0.0, where)
+    ce = -(
+        safe_xlogy(y, jax.nn.log_sigmoid(z)) + safe_xlogy(1 - y, jax.nn.log_sigmoid(-z))
+    )
+    one_minus_pt = y * jax.nn.sigmoid(-z) + (1 - y) * jax.nn.sigmoid(z)
+    loss = safe_power(one_minus_pt, gamma) * ce
+    if alpha is not None:
+        a = jnp.asarray(alpha, dtype)
+        loss = (a * y + (1 - a) * (1 - y)) * loss
+    return reduce_loss(
+        loss,
+        present=present,
+        weights=weights,
+        reduction=reduction,
+        base=base,
+        out_dtype=x.dtype,
+    )
+
+
+def softmax_focal_loss(
+    logits: Float[ArrayLike, "*batch classes"],
+    labels: Int[ArrayLike, "..."],
+    *,
+    axis: int = -1,
+    alpha: ScalarLike | Float[ArrayLike, " num_classes"] | None = None,
+    gamma: ScalarLike = 2.0,
+    weights: Float[ArrayLike, "..."] | None = None,
+    ignore_index: int | None = None,
+    where: Bool[ArrayLike, "..."] | None = None,
+    reduction: Reduction = "mean",
+    base: Number | None = None,
+) -> Float[Array, "..."]:
+    r"""Softmax focal loss with integer labels.
+
+    With $p_y = \operatorname{softmax}(z)_y$ (from `jax.nn.log_softmax`):
+
+    $$L = -\alpha_y (1 - p_y)^\gamma \log p_y$$
+
+    ``alpha`` is a scalar (Keras ``CategoricalFocalCrossentropy``'s ``alpha``), a
+    ``(classes,)`` array of per-class $\alpha_c$, or ``None`` (1).
+    ``gamma=0, alpha=None`` is `sparse_softmax_cross_entropy`. ``reduction="mean"``
+    divides by the sum of ``weights`` over present elements. Keras is
+    ``reduction="sum_over_batch_size"``.
+
+    Args:
+        logits: unnormalised scores, classes along ``axis``.
+        labels: integer class indices, the shape of ``logits`` without ``axis``.
+        axis: the class axis.
+        alpha: scalar $\ge 0$, ``(classes,)`` array, or ``None``.
+        gamma: focusing parameter $\gamma \ge 0$.
+        weights: per-element sample weights, broadcast to the loss shape.
+        ignore_index: label value marking absent elements.
+        where: per-element mask (loss shape) or per-class mask (logits shape).
+        reduction: ``"none"``, ``"sum"``, ``"mean"`` or ``"sum_over_batch_size"``.
+        base: log base of the result (``None``: nats).
+
+    Returns:
+        The loss, shape of ``labels`` for ``"none"`` else a scalar; dtype of
+        ``logits``.
+
+    Examples:
+        >>> import jax.numpy as jnp, jaxce
+        >>> logits = jnp.array([[2.0, 1.0, -1.0], [0.0, 0.0, 3.0]])
+        >>> labels = jnp.array([0, 1])
+        >>> loss = jaxce.softmax_focal_loss(
+        ...     logits, labels, alpha=0.25, reduction="none")
+        >>> print(loss)
+        [0.00757 0.70525]
+
+    References:
+        Lin et al., *Focal Loss for Dense Object Detection*, 2017,
+        https://arxiv.org/abs/1708.02002.
+    """
+    check_gamma(gamma)
+    logits = as_float_input(logits, "logits")
+    labels = jnp.asarray(labels)
+    dtype = compute_dtype(logits.dtype)
+    classes = Classes(logits, axis, where, "logits", dtype)
+    safe_labels = classes.check_labels(labels, ignore_index)
+    z = classes.keep(classes.x, -jnp.inf)
+    lse = jax.nn.logsumexp(z, axis=-1)
+    logp_y = jnp.take_along_axis(z, safe_labels[..., None], axis=-1)[..., 0] - lse
+    loss = -safe_power(-jnp.expm1(logp_y), gamma) * logp_y
+    if alpha is not None:
+        a = jnp.asarray(alpha)
+        if a.ndim == 0:
+            check_nonneg(alpha, "alpha")
+            loss = loss * a.astype(dtype)
+        else:
+            a = classes.class_weights(a) if a.shape == (classes.num_classes,) else None
+            if a is None:
+                raise ValueError(
+                    f"`alpha` must be a scalar or have shape ({classes.num_classes},), "
+                    f"got {jnp.shape(alpha)}."
+                )
+            loss = loss * a[safe_labels]
+    return reduce_loss(
+        loss,
+        present=classes.present,
+        weights=weights,
+        reduction=reduction,
+        base=base,
+        out_dtype=logits.dtype,
+    )
