@@ -30,8 +30,10 @@ from ._softmax import (
 )
 from ._validate import validate as validate
 
-# -- closed forms (issue 3): `from . import closed_form as closed_form` etc.
-# -- models and training (issue 4)
-# -- fused loss (issue 5)
+from . import models as models
+
+# -- closed forms and gradient comparison (closed_form helper adds lines here)
+# -- training: fit, fit_ensemble, save, load (training helper adds lines here)
+# -- fused loss (fused helper adds lines here)
 
 __version__ = "0.1.0"
