@@ -38,8 +38,8 @@ def binary_inputs(x, labels, name: str, label_smoothing, where):
 
 
 def sigmoid_binary_cross_entropy(
-    logits: Float[ArrayLike, "*shape"],
-    labels: Real[ArrayLike, "*shape"],
+    logits: Float[ArrayLike, " *shape"],
+    labels: Real[ArrayLike, " *shape"],
     *,
     weights: Float[ArrayLike, "..."] | None = None,
     pos_weight: Float[ArrayLike, "..."] | None = None,
@@ -107,8 +107,8 @@ def sigmoid_binary_cross_entropy(
 
 
 def binary_cross_entropy(
-    probs: Float[ArrayLike, "*shape"],
-    labels: Real[ArrayLike, "*shape"],
+    probs: Float[ArrayLike, " *shape"],
+    labels: Real[ArrayLike, " *shape"],
     *,
     eps: Number | None = None,
     weights: Float[ArrayLike, "..."] | None = None,

@@ -34,8 +34,8 @@ def check_gamma(gamma) -> None:
 
 
 def sigmoid_focal_loss(
-    logits: Float[ArrayLike, "*shape"],
-    labels: Real[ArrayLike, "*shape"],
+    logits: Float[ArrayLike, " *shape"],
+    labels: Real[ArrayLike, " *shape"],
     *,
     alpha: ScalarLike | None = None,
     gamma: ScalarLike = 2.0,
@@ -105,7 +105,7 @@ def sigmoid_focal_loss(
 
 
 def softmax_focal_loss(
-    logits: Float[ArrayLike, "*batch classes"],
+    logits: Float[ArrayLike, " *batch classes"],
     labels: Int[ArrayLike, "..."],
     *,
     axis: int = -1,

@@ -33,7 +33,7 @@ def _finish(value: Array, base: Number | None, out_dtype) -> Array:
 
 
 def entropy(
-    probs: Float[ArrayLike, "*batch classes"],
+    probs: Float[ArrayLike, " *batch classes"],
     *,
     axis: int = -1,
     base: Number | None = None,
@@ -62,8 +62,8 @@ def entropy(
 
 
 def cross_entropy(
-    p: Float[ArrayLike, "*batch classes"],
-    q: Float[ArrayLike, "*batch classes"],
+    p: Float[ArrayLike, " *batch classes"],
+    q: Float[ArrayLike, " *batch classes"],
     *,
     axis: int = -1,
     base: Number | None = None,
@@ -94,8 +94,8 @@ def cross_entropy(
 
 
 def kl_divergence(
-    p: Float[ArrayLike, "*batch classes"],
-    q: Float[ArrayLike, "*batch classes"],
+    p: Float[ArrayLike, " *batch classes"],
+    q: Float[ArrayLike, " *batch classes"],
     *,
     axis: int = -1,
     base: Number | None = None,
@@ -124,7 +124,7 @@ def kl_divergence(
 
 
 def perplexity(
-    logits: Float[ArrayLike, "*batch classes"],
+    logits: Float[ArrayLike, " *batch classes"],
     labels: Int[ArrayLike, "..."],
     *,
     axis: int = -1,

@@ -50,7 +50,7 @@ class SoftmaxRegression(eqx.Module):
         (3,)
     """
 
-    weight: Float[Array, "num_classes in_features"]
+    weight: Float[Array, " num_classes in_features"]
     bias: Float[Array, " num_classes"]
     in_features: int = eqx.field(static=True)
     num_classes: int = eqx.field(static=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Literal
+from typing import Literal, TypeGuard
 
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike
@@ -23,9 +23,9 @@ Reduction = Literal["none", "sum", "mean", "sum_over_batch_size"]
 REDUCTIONS = ("none", "sum", "mean", "sum_over_batch_size")
 
 
-def is_concrete_number(x: object) -> bool:
-    """True for Python / NumPy scalars (values known at trace time)."""
-    return isinstance(x, numbers.Number) and not isinstance(x, bool)
+def is_concrete_number(x: object) -> TypeGuard[float]:
+    """True for real Python / NumPy scalars (values known at trace time)."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 def compute_dtype(*dtypes) -> jnp.dtype:

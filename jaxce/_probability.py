@@ -33,8 +33,8 @@ def _clipped_log(classes: Classes, eps: float | None) -> Array:
 
 
 def categorical_cross_entropy(
-    probs: Float[ArrayLike, "*batch classes"],
-    targets: Real[ArrayLike, "*batch classes"],
+    probs: Float[ArrayLike, " *batch classes"],
+    targets: Real[ArrayLike, " *batch classes"],
     *,
     axis: int = -1,
     eps: Number | None = None,
@@ -104,7 +104,7 @@ def categorical_cross_entropy(
 
 
 def sparse_categorical_cross_entropy(
-    probs: Float[ArrayLike, "*batch classes"],
+    probs: Float[ArrayLike, " *batch classes"],
     labels: Int[ArrayLike, "..."],
     *,
     axis: int = -1,

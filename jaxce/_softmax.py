@@ -25,8 +25,8 @@ from ._options import (
 
 
 def softmax_cross_entropy(
-    logits: Float[ArrayLike, "*batch classes"],
-    targets: Real[ArrayLike, "*batch classes"],
+    logits: Float[ArrayLike, " *batch classes"],
+    targets: Real[ArrayLike, " *batch classes"],
     *,
     axis: int = -1,
     class_weights: Float[ArrayLike, " num_classes"] | None = None,
@@ -105,7 +105,7 @@ def softmax_cross_entropy(
 
 
 def sparse_softmax_cross_entropy(
-    logits: Float[ArrayLike, "*batch classes"],
+    logits: Float[ArrayLike, " *batch classes"],
     labels: Int[ArrayLike, "..."],
     *,
     axis: int = -1,
