@@ -33,7 +33,17 @@ from ._validate import validate as validate
 from . import models as models
 
 # -- closed forms and gradient comparison (closed_form helper adds lines here)
+from . import closed_form as closed_form
+from ._compare import (
+    GradientReport as GradientReport,
+    compare_gradients as compare_gradients,
+)
 # -- training: fit, fit_ensemble, save, load (training helper adds lines here)
+from ._checkpoint import CheckpointError as CheckpointError
+from ._ensemble import fit_ensemble as fit_ensemble
+from ._fit import fit as fit
+from ._serialise import load as load, save as save
 # -- fused loss (fused helper adds lines here)
+from ._fused import linear_softmax_cross_entropy as linear_softmax_cross_entropy
 
 __version__ = "0.1.0"

@@ -120,7 +120,8 @@ def binary_cross_entropy(
     r"""Binary cross-entropy from probabilities (the articles' formula).
 
     Probabilities are clipped to $[\epsilon, 1 - \epsilon]$ (zero gradient where
-    clipped), then per element
+    clipped; where $1 - \epsilon$ rounds to 1 in the compute dtype, the largest
+    number below 1 is used instead), then per element
 
     $$L = -\left[y \log p + (1 - y) \log(1 - p)\right]$$
 
@@ -159,7 +160,9 @@ def binary_cross_entropy(
         probs, labels, "probs", label_smoothing, where
     )
     e = resolve_eps(eps, dtype)
-    p = jnp.clip(p, e, 1 - e)
+    # 1 - eps may round to 1 in the compute dtype (eps=1e-15 in float32): then
+    # the largest number below 1 keeps log(1 - p) finite.
+    p = jnp.clip(p, e, min(1 - e, 1 - float(jnp.finfo(dtype).epsneg)))
     loss = -(safe_xlogy(y, jnp.log(p)) + safe_xlogy(1 - y, jnp.log1p(-p)))
     return reduce_loss(
         loss,

@@ -104,12 +104,16 @@ class Classes:
 
 def dense_loss(logp: Array, t: Array, t_raw: Array, cw: Array | None, classes):
     """Per-element ``-sum_c w_c t_c logp_c`` and its mean-denominator weight."""
-    wt = t if cw is None else t * cw
+    wt = t if cw is None else t * jnp.broadcast_to(cw, t.shape)
     if classes.class_mask is not None:
         wt = jnp.where(classes.class_mask, wt, jnp.zeros((), wt.dtype))
         t_raw = jnp.where(classes.class_mask, t_raw, jnp.zeros((), t_raw.dtype))
     loss = -jnp.sum(safe_xlogy(wt, logp), axis=-1)
-    denom = None if cw is None else jnp.sum(t_raw * cw, axis=-1)
+    denom = (
+        None
+        if cw is None
+        else jnp.sum(t_raw * jnp.broadcast_to(cw, t_raw.shape), axis=-1)
+    )
     return loss, denom
 
 
@@ -138,7 +142,7 @@ def sparse_loss(
 
 def class_sum(values: Array, cw: Array | None, classes: Classes) -> Array:
     """``sum_c w_c values_c`` over the classes in play."""
-    wv = values if cw is None else values * cw
+    wv = values if cw is None else values * jnp.broadcast_to(cw, values.shape)
     if classes.class_mask is not None:
         wv = jnp.where(classes.class_mask, wv, jnp.zeros((), wv.dtype))
     return jnp.sum(wv, axis=-1)

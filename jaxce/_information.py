@@ -25,6 +25,11 @@ def _pair(p, q):
     return p.astype(dtype), q.astype(dtype), jnp.result_type(p.dtype, q.dtype)
 
 
+def _log_where_p(p: Array, x: Array) -> Array:
+    """``log(x)`` where ``p > 0``, and 0 elsewhere (so no ``0 * inf`` gradients)."""
+    return jnp.log(jnp.where(p == 0, jnp.ones((), x.dtype), x))
+
+
 def _finish(value: Array, base: Number | None, out_dtype) -> Array:
     scale = log_base_factor(base)
     if scale != 1.0:
@@ -58,7 +63,8 @@ def entropy(
     p = as_float_input(probs, "probs")
     axis = normalize_axis(axis, p.ndim, "probs")
     pc = p.astype(compute_dtype(p.dtype))
-    return _finish(-jnp.sum(safe_xlogy(pc, jnp.log(pc)), axis=axis), base, p.dtype)
+    h = -jnp.sum(safe_xlogy(pc, _log_where_p(pc, pc)), axis=axis)
+    return _finish(h, base, p.dtype)
 
 
 def cross_entropy(
@@ -90,7 +96,8 @@ def cross_entropy(
     """
     pp, qq, out = _pair(p, q)
     axis = normalize_axis(axis, pp.ndim, "p")
-    return _finish(-jnp.sum(safe_xlogy(pp, jnp.log(qq)), axis=axis), base, out)
+    h = -jnp.sum(safe_xlogy(pp, _log_where_p(pp, qq)), axis=axis)
+    return _finish(h, base, out)
 
 
 def kl_divergence(
@@ -119,7 +126,7 @@ def kl_divergence(
     """
     pp, qq, out = _pair(p, q)
     axis = normalize_axis(axis, pp.ndim, "p")
-    terms = safe_xlogy(pp, jnp.log(pp)) - safe_xlogy(pp, jnp.log(qq))
+    terms = safe_xlogy(pp, _log_where_p(pp, pp)) - safe_xlogy(pp, _log_where_p(pp, qq))
     return _finish(jnp.sum(terms, axis=axis), base, out)
 
 

@@ -2,5 +2,8 @@
 
 from .._models import (
     LogisticRegression as LogisticRegression,
+    MLPClassifier as MLPClassifier,
     SoftmaxRegression as SoftmaxRegression,
+    predict as predict,
+    predict_proba as predict_proba,
 )

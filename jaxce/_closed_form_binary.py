@@ -1,0 +1,119 @@
+"""Closed-form gradients of the binary cross-entropies (logits and probabilities)."""
+
+from __future__ import annotations
+
+import jax
+from jaxtyping import Array, ArrayLike, Bool, Float, Real
+
+from ._binary import binary_inputs
+from ._closed_form_reduction import (
+    clip_derivative,
+    finish_elementwise,
+    reduction_coefficients,
+)
+from ._options import (
+    Number,
+    Reduction,
+    ScalarLike,
+    broadcast_to_elements,
+    resolve_eps,
+)
+
+
+def sigmoid_binary_cross_entropy(
+    logits: Float[ArrayLike, " *shape"],
+    labels: Real[ArrayLike, " *shape"],
+    *,
+    weights: Float[ArrayLike, "..."] | None = None,
+    pos_weight: Float[ArrayLike, "..."] | None = None,
+    label_smoothing: ScalarLike = 0.0,
+    where: Bool[ArrayLike, "..."] | None = None,
+    reduction: Reduction = "mean",
+    base: Number | None = None,
+) -> Float[Array, " *shape"]:
+    r"""Gradient of `jaxce.sigmoid_binary_cross_entropy` with respect to ``logits``.
+
+    With the smoothed label $y = (1 - \varepsilon) y + \varepsilon / 2$ and
+    positive weight $p_w$ (default 1):
+
+    $$\frac{\partial R}{\partial z_n}
+        = c_n \big[(1 - y_n)\,\sigma(z_n) - p_w\, y_n\, \sigma(-z_n)\big]$$
+
+    which is ``sigmoid(z) - y`` when $p_w = 1$. $c_n$ is the reduction's
+    derivative: ``weights_n`` for ``"sum"`` and ``"none"`` (gradient of the sum),
+    divided by the sum of weights of present elements for ``"mean"`` or by their
+    count for ``"sum_over_batch_size"``, times $1/\ln(\text{base})$; 0 where
+    ``where`` is False. Same arguments as the loss.
+
+    Returns:
+        $\partial R / \partial z$, the shape and dtype of ``logits``.
+
+    Examples:
+        >>> import jax.numpy as jnp, jaxce
+        >>> logits = jnp.array([2.0, -1.0, 0.0])
+        >>> labels = jnp.array([1.0, 0.0, 1.0])
+        >>> print(jaxce.closed_form.sigmoid_binary_cross_entropy(
+        ...     logits, labels, reduction="sum"))
+        [-0.11920  0.26894 -0.50000]
+        >>> print(jaxce.closed_form.sigmoid_binary_cross_entropy(
+        ...     logits, labels, pos_weight=2.0, reduction="sum"))
+        [-0.23841  0.26894 -1.00000]
+    """
+    x, z, y, present, dtype = binary_inputs(
+        logits, labels, "logits", label_smoothing, where
+    )
+    pos = y * jax.nn.sigmoid(-z)
+    if pos_weight is not None:
+        pos = pos * broadcast_to_elements(pos_weight, z.shape, "pos_weight", dtype)
+    grad = (1 - y) * jax.nn.sigmoid(z) - pos
+    coef = reduction_coefficients(
+        present, weights=weights, reduction=reduction, base=base, dtype=dtype
+    )
+    return finish_elementwise(grad, coef, present, x.dtype)
+
+
+def binary_cross_entropy(
+    probs: Float[ArrayLike, " *shape"],
+    labels: Real[ArrayLike, " *shape"],
+    *,
+    eps: Number | None = None,
+    weights: Float[ArrayLike, "..."] | None = None,
+    label_smoothing: ScalarLike = 0.0,
+    where: Bool[ArrayLike, "..."] | None = None,
+    reduction: Reduction = "mean",
+    base: Number | None = None,
+) -> Float[Array, " *shape"]:
+    r"""Gradient of `jaxce.binary_cross_entropy` with respect to ``probs``.
+
+    With $\bar p = \operatorname{clip}(p, \epsilon, 1 - \epsilon)$ and the
+    (smoothed) label $y$:
+
+    $$\frac{\partial R}{\partial p_n} = c_n \left(\frac{1 - y_n}{1 - \bar p_n}
+        - \frac{y_n}{\bar p_n}\right) \mathbb{1}[\epsilon < p_n < 1 - \epsilon]$$
+
+    so the gradient is 0 where the probability was clipped (and 1/2 of the
+    unclipped value exactly on a bound, JAX's convention for ``jnp.clip``). $c_n$
+    is the reduction's derivative, as in
+    `jaxce.closed_form.sigmoid_binary_cross_entropy`. Same arguments as the loss.
+
+    Returns:
+        $\partial R / \partial p$, the shape and dtype of ``probs``.
+
+    Examples:
+        >>> import jax.numpy as jnp, jaxce
+        >>> probs = jnp.array([0.8, 0.3, 0.0])
+        >>> labels = jnp.array([1.0, 0.0, 1.0])
+        >>> print(jaxce.closed_form.binary_cross_entropy(
+        ...     probs, labels, reduction="sum"))
+        [-1.25000  1.42857  0.00000]
+    """
+    x, p, y, present, dtype = binary_inputs(
+        probs, labels, "probs", label_smoothing, where
+    )
+    e = resolve_eps(eps, dtype)
+    pc = p.clip(e, 1 - e)
+    grad = ((1 - y) / (1 - pc) - y / pc) * clip_derivative(p, e, 1 - e)
+    coef = reduction_coefficients(
+        present, weights=weights, reduction=reduction, base=base, dtype=dtype
+    )
+    return finish_elementwise(grad, coef, present, x.dtype)

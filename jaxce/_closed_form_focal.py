@@ -1,0 +1,167 @@
+"""Closed-form gradients of the focal losses (sigmoid and softmax)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, Real
+
+from ._binary import binary_inputs
+from ._categorical import Classes
+from ._closed_form_reduction import (
+    finish_classes,
+    finish_elementwise,
+    is_label,
+    reduction_coefficients,
+)
+from ._focal import check_gamma, safe_power
+from ._options import (
+    Number,
+    Reduction,
+    ScalarLike,
+    as_float_input,
+    check_nonneg,
+    compute_dtype,
+    is_concrete_number,
+    safe_xlogy,
+)
+
+
+def _focal_factor_grad(q: Array, dlog_q: Array, gamma) -> tuple[Array, Array]:
+    """``q**gamma`` and its derivative ``gamma * q**gamma * dlog_q`` (0 at q = 0)."""
+    qg = safe_power(q, gamma)
+    if is_concrete_number(gamma) and gamma == 0:
+        return qg, jnp.zeros_like(q)
+    g = jnp.asarray(gamma, q.dtype)
+    return qg, g * qg * jnp.where(q > 0, dlog_q, jnp.zeros((), q.dtype))
+
+
+def sigmoid_focal_loss(
+    logits: Float[ArrayLike, " *shape"],
+    labels: Real[ArrayLike, " *shape"],
+    *,
+    alpha: ScalarLike | None = None,
+    gamma: ScalarLike = 2.0,
+    weights: Float[ArrayLike, "..."] | None = None,
+    where: Bool[ArrayLike, "..."] | None = None,
+    reduction: Reduction = "mean",
+    base: Number | None = None,
+) -> Float[Array, " *shape"]:
+    r"""Gradient of `jaxce.sigmoid_focal_loss` with respect to ``logits``.
+
+    With $s = \sigma(z)$, the cross-entropy $\mathrm{ce}$ (whose derivative is
+    $s - y$), $q = 1 - p_t = y (1 - s) + (1 - y) s$ and
+    $\partial q / \partial z = (1 - 2y)\, s (1 - s)$:
+
+    $$\frac{\partial R}{\partial z_n} = c_n \alpha_t \left[\gamma q^\gamma
+        \frac{\partial q / \partial z}{q}\, \mathrm{ce} + q^\gamma (s - y)\right]$$
+
+    ($\alpha_t = \alpha y + (1 - \alpha)(1 - y)$, 1 for ``alpha=None``; the first
+    term is 0 where $q = 0$). ``gamma=0`` gives ``sigmoid(z) - y``. $c_n$ is the
+    reduction's derivative, as in `jaxce.closed_form.sigmoid_binary_cross_entropy`.
+    Same arguments as the loss.
+
+    Returns:
+        $\partial R / \partial z$, the shape and dtype of ``logits``.
+
+    Examples:
+        >>> import jax.numpy as jnp, jaxce
+        >>> logits = jnp.array([2.0, -1.0, 0.0])
+        >>> labels = jnp.array([1.0, 0.0, 1.0])
+        >>> print(jaxce.closed_form.sigmoid_focal_loss(
+        ...     logits, labels, reduction="sum"))
+        [-0.00487  0.05258 -0.29829]
+    """
+    check_gamma(gamma)
+    if is_concrete_number(alpha) and not 0 <= alpha <= 1:  # type: ignore[operator]
+        raise ValueError(f"`alpha` must be None or in [0, 1], got {alpha!r}.")
+    x, z, y, present, dtype = binary_inputs(logits, labels, "logits", 0.0, where)
+    s, sn = jax.nn.sigmoid(z), jax.nn.sigmoid(-z)
+    ce = -(
+        safe_xlogy(y, jax.nn.log_sigmoid(z)) + safe_xlogy(1 - y, jax.nn.log_sigmoid(-z))
+    )
+    q = y * sn + (1 - y) * s
+    dlog_q = (1 - 2 * y) * s * sn / jnp.where(q > 0, q, jnp.ones((), dtype))
+    qg, dqg = _focal_factor_grad(q, dlog_q, gamma)
+    grad = dqg * ce + qg * ((1 - y) * s - y * sn)
+    if alpha is not None:
+        a = jnp.asarray(alpha, dtype)
+        grad = (a * y + (1 - a) * (1 - y)) * grad
+    coef = reduction_coefficients(
+        present, weights=weights, reduction=reduction, base=base, dtype=dtype
+    )
+    return finish_elementwise(grad, coef, present, x.dtype)
+
+
+def softmax_focal_loss(
+    logits: Float[ArrayLike, " *batch classes"],
+    labels: Int[ArrayLike, "..."],
+    *,
+    axis: int = -1,
+    alpha: ScalarLike | Float[ArrayLike, " num_classes"] | None = None,
+    gamma: ScalarLike = 2.0,
+    weights: Float[ArrayLike, "..."] | None = None,
+    ignore_index: int | None = None,
+    where: Bool[ArrayLike, "..."] | None = None,
+    reduction: Reduction = "mean",
+    base: Number | None = None,
+) -> Float[Array, " *batch classes"]:
+    r"""Gradient of `jaxce.softmax_focal_loss` with respect to ``logits``.
+
+    With $s = \operatorname{softmax}(z)$, $\ell = \log p_y$ and $q = 1 - p_y$, the
+    loss $L = -\alpha_y q^\gamma \ell$ depends on $z$ only through $\ell$, and
+    $\partial \ell / \partial z_j = [j = y] - s_j$:
+
+    $$\frac{\partial R}{\partial z_{nj}} = c_n\, \alpha_y
+        \left[\gamma q^{\gamma - 1} p_y \ell - q^\gamma\right]
+        \big([j = y] - s_j\big)$$
+
+    ($q^{\gamma-1} p_y$ is taken as 0 where $q = 0$). ``gamma=0, alpha=None`` gives
+    ``softmax(z) - onehot(y)``. $c_n$ is the reduction's derivative (``"mean"``
+    divides by the sum of ``weights`` of present elements). Same arguments as the
+    loss.
+
+    Returns:
+        $\partial R / \partial z$, the shape and dtype of ``logits``.
+
+    Examples:
+        >>> import jax.numpy as jnp, jaxce
+        >>> logits = jnp.array([[2.0, 1.0, -1.0], [0.0, 0.0, 3.0]])
+        >>> labels = jnp.array([0, 1])
+        >>> print(jaxce.closed_form.softmax_focal_loss(
+        ...     logits, labels, reduction="sum"))
+        [[-0.06831  0.06017  0.00814]
+         [ 0.05339 -1.12568  1.07230]]
+    """
+    check_gamma(gamma)
+    logits = as_float_input(logits, "logits")
+    labels = jnp.asarray(labels)
+    dtype = compute_dtype(logits.dtype)
+    classes = Classes(logits, axis, where, "logits", dtype)
+    safe_labels = classes.check_labels(labels, ignore_index)
+    z = classes.keep(classes.x, -jnp.inf)
+    lse = jax.nn.logsumexp(z, axis=-1)
+    s = jax.nn.softmax(z, axis=-1)
+    hit = is_label(safe_labels, classes)
+    logp_y = jnp.take_along_axis(z, safe_labels[..., None], axis=-1)[..., 0] - lse
+    q = -jnp.expm1(logp_y)
+    dlog_q = -jnp.exp(logp_y) / jnp.where(q > 0, q, jnp.ones((), dtype))
+    qg, dqg = _focal_factor_grad(q, dlog_q, gamma)
+    g = -(dqg * logp_y + qg)  # dL / d log p_y
+    if alpha is not None:
+        a = jnp.asarray(alpha)
+        if a.ndim == 0:
+            check_nonneg(alpha, "alpha")
+            g = g * a.astype(dtype)
+        else:
+            if a.shape != (classes.num_classes,):
+                raise ValueError(
+                    f"`alpha` must be a scalar or have shape ({classes.num_classes},), "
+                    f"got {jnp.shape(alpha)}."
+                )
+            g = g * classes.class_weights(a)[safe_labels]
+    grad = g[..., None] * (hit.astype(dtype) - s)
+    coef = reduction_coefficients(
+        classes.present, weights=weights, reduction=reduction, base=base, dtype=dtype
+    )
+    return finish_classes(grad, coef, classes, logits.dtype)

@@ -1,0 +1,162 @@
+"""Closed-form gradients of the softmax cross-entropies with respect to the logits.
+
+For ``L = -sum_c a_c log softmax(z)_c`` (``a``: weighted, smoothed, masked
+targets) the gradient is ``dL/dz_j = softmax(z)_j * sum_c a_c - a_j``; the z-loss
+``lambda * lse**2`` adds ``2 * lambda * lse * softmax(z)_j``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, Real
+
+from ._categorical import Classes, class_sum
+from ._closed_form_reduction import (
+    finish_classes,
+    reduction_coefficients,
+    sparse_weighted_targets,
+    weighted_classes,
+)
+from ._options import (
+    Number,
+    Reduction,
+    ScalarLike,
+    as_float_input,
+    check_nonneg,
+    compute_dtype,
+)
+
+
+def _softmax_grad(z: Array, a: Array, z_loss) -> Array:
+    """``softmax(z) * (sum_c a_c + 2 lambda lse) - a`` along the last axis."""
+    s = jax.nn.softmax(z, axis=-1)  # exp(z - max) / sum: accurate near s = 1
+    total = jnp.sum(a, axis=-1, keepdims=True)
+    if not (isinstance(z_loss, (int, float)) and z_loss == 0):
+        lse = jax.nn.logsumexp(z, axis=-1, keepdims=True)
+        total = total + 2 * jnp.asarray(z_loss, z.dtype) * lse
+    return s * total - a
+
+
+def softmax_cross_entropy(
+    logits: Float[ArrayLike, " *batch classes"],
+    targets: Real[ArrayLike, " *batch classes"],
+    *,
+    axis: int = -1,
+    class_weights: Float[ArrayLike, " num_classes"] | None = None,
+    weights: Float[ArrayLike, "..."] | None = None,
+    label_smoothing: ScalarLike = 0.0,
+    where: Bool[ArrayLike, "..."] | None = None,
+    reduction: Reduction = "mean",
+    base: Number | None = None,
+) -> Float[Array, " *batch classes"]:
+    r"""Gradient of `jaxce.softmax_cross_entropy` with respect to ``logits``.
+
+    With $a_c = w_c \tilde t_c$ (class weights times the smoothed targets
+    $\tilde t = (1 - \varepsilon) t + \varepsilon / K$, 0 on classes a per-class
+    ``where`` removes) and $s = \operatorname{softmax}(z)$ over the classes in play:
+
+    $$\frac{\partial R}{\partial z_{nj}}
+        = c_n \Big(s_{nj} \sum_c a_{nc} - a_{nj}\Big)$$
+
+    which is ``softmax(z) * sum(t) - t`` ($= s - t$ for one-hot targets). $c_n$ is
+    the derivative of the reduction: ``weights_n`` for ``"sum"``/``"none"``
+    (gradient of the sum), divided by $\sum_m \text{weights}_m \sum_c w_c t_{mc}$
+    for ``"mean"`` and by the number of present elements for
+    ``"sum_over_batch_size"``; times $1 / \ln(\text{base})$; 0 for absent
+    elements. Same arguments as the loss.
+
+    Returns:
+        $\partial R / \partial z$, the shape and dtype of ``logits``.
+
+    Examples:
+        >>> import jax.numpy as jnp, jaxce
+        >>> logits = jnp.array([[2.0, 1.0, -1.0], [0.0, 0.0, 3.0]])
+        >>> targets = jnp.array([[1.0, 0.0, 0.0], [0.2, 0.3, 0.5]])
+        >>> print(jaxce.closed_form.softmax_cross_entropy(
+        ...     logits, targets, reduction="sum"))
+        [[-0.29462  0.25950  0.03512]
+         [-0.15472 -0.25472  0.40944]]
+    """
+    logits = as_float_input(logits, "logits")
+    targets = as_float_input(targets, "targets")
+    dtype = compute_dtype(logits.dtype, targets.dtype)
+    classes = Classes(logits, axis, where, "logits", dtype)
+    t_raw = classes.check_targets(targets)
+    cw = classes.class_weights(class_weights)
+    z = classes.keep(classes.x, -jnp.inf)
+    a = weighted_classes(classes.smooth(t_raw, label_smoothing), cw, classes)
+    denom = None if cw is None else class_sum(t_raw, cw, classes)
+    coef = reduction_coefficients(
+        classes.present,
+        weights=weights,
+        denom_weights=denom,
+        reduction=reduction,
+        base=base,
+        dtype=dtype,
+    )
+    return finish_classes(_softmax_grad(z, a, 0.0), coef, classes, logits.dtype)
+
+
+def sparse_softmax_cross_entropy(
+    logits: Float[ArrayLike, " *batch classes"],
+    labels: Int[ArrayLike, "..."],
+    *,
+    axis: int = -1,
+    class_weights: Float[ArrayLike, " num_classes"] | None = None,
+    weights: Float[ArrayLike, "..."] | None = None,
+    ignore_index: int | None = None,
+    label_smoothing: ScalarLike = 0.0,
+    z_loss: ScalarLike = 0.0,
+    where: Bool[ArrayLike, "..."] | None = None,
+    reduction: Reduction = "mean",
+    base: Number | None = None,
+) -> Float[Array, " *batch classes"]:
+    r"""Gradient of `jaxce.sparse_softmax_cross_entropy` with respect to ``logits``.
+
+    With $s = \operatorname{softmax}(z)$, $\operatorname{lse} = \log\sum_c e^{z_c}$
+    (over the classes in play, $m_c = 1$), class weights $w$, smoothing
+    $\varepsilon$ over $K$ classes and z-loss $\lambda$, the per-element target
+    $a_c = (1 - \varepsilon) w_y [c = y] + \tfrac{\varepsilon}{K} w_c m_c$ gives
+
+    $$\frac{\partial R}{\partial z_{nj}} = c_n \Big(s_{nj}
+        \big(\textstyle\sum_c a_{nc} + 2 \lambda \operatorname{lse}_n\big)
+        - a_{nj}\Big)$$
+
+    i.e. ``softmax(z) - onehot(y)`` in the plain case, plus
+    ``2 * lambda * lse * softmax(z)`` for the z-loss. $c_n$ is the reduction's
+    derivative: ``weights_n`` (``"sum"``, ``"none"``: gradient of the sum),
+    divided by $\sum_m \text{weights}_m w_{y_m}$ over present elements for
+    ``"mean"`` (PyTorch's weighted mean), by their count for
+    ``"sum_over_batch_size"``; times $1/\ln(\text{base})$; 0 for elements that
+    ``ignore_index`` or ``where`` remove. Same arguments as the loss.
+
+    Returns:
+        $\partial R / \partial z$, the shape and dtype of ``logits``.
+
+    Examples:
+        >>> import jax.numpy as jnp, jaxce
+        >>> logits = jnp.array([[2.0, 1.0, -1.0], [0.0, 0.0, 3.0]])
+        >>> labels = jnp.array([0, 2])
+        >>> print(jaxce.closed_form.sparse_softmax_cross_entropy(logits, labels))
+        [[-0.14731  0.12975  0.01756]
+         [ 0.02264  0.02264 -0.04528]]
+    """
+    logits = as_float_input(logits, "logits")
+    labels = jnp.asarray(labels)
+    check_nonneg(z_loss, "z_loss")
+    dtype = compute_dtype(logits.dtype)
+    classes = Classes(logits, axis, where, "logits", dtype)
+    safe_labels = classes.check_labels(labels, ignore_index)
+    cw = classes.class_weights(class_weights)
+    z = classes.keep(classes.x, -jnp.inf)
+    a, w_y = sparse_weighted_targets(safe_labels, cw, label_smoothing, classes)
+    coef = reduction_coefficients(
+        classes.present,
+        weights=weights,
+        denom_weights=w_y,
+        reduction=reduction,
+        base=base,
+        dtype=dtype,
+    )
+    return finish_classes(_softmax_grad(z, a, z_loss), coef, classes, logits.dtype)

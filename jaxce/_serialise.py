@@ -1,0 +1,128 @@
+"""`jaxce.save` / `jaxce.load`: a JSON line of hyperparameters + Equinox leaves.
+
+The file is what Equinox's serialisation guide recommends: one line of JSON
+(``{"format": ..., "class": ..., "hyperparameters": {...}, "leaves": [...]}``)
+followed by `equinox.tree_serialise_leaves` of the model. The hyperparameters are
+the model's static dataclass fields (``in_features``, ``num_classes``, ``width``,
+``depth`` for the jaxce models).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import pathlib
+from typing import Any
+
+import equinox as eqx
+import jax
+
+from ._checkpoint import atomic_write, tree_signature
+
+FORMAT = "jaxce.model/1"
+
+
+def hyperparameters(model: eqx.Module) -> dict[str, Any]:
+    """The static, JSON-serialisable dataclass fields of ``model``."""
+    out = {}
+    for field in dataclasses.fields(model):
+        if field.metadata.get("static", False):
+            value = getattr(model, field.name)
+            try:
+                json.dumps(value)
+            except TypeError:
+                continue
+            out[field.name] = value
+    return out
+
+
+def _is_leaf_array(x: Any) -> bool:
+    return eqx.is_array(x) or isinstance(x, jax.ShapeDtypeStruct)
+
+
+def _class_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def save(path: str | os.PathLike, model: eqx.Module) -> None:
+    """Save ``model`` to ``path`` (atomically: temporary file, then `os.replace`).
+
+    Args:
+        path: file to write (parent directories are created).
+        model: an `equinox.Module`, e.g. a `jaxce.models` classifier.
+
+    Examples:
+        >>> import os, tempfile, jax, jaxce
+        >>> model = jaxce.models.MLPClassifier(4, 3, width=8, depth=1,
+        ...                                    key=jax.random.key(0))
+        >>> path = os.path.join(tempfile.mkdtemp(), "mlp.eqx")
+        >>> jaxce.save(path, model)
+        >>> back = jaxce.load(path, jaxce.models.MLPClassifier)
+        >>> print(back.width, bool((back.layers[0].weight == model.layers[0].weight).all()))
+        8 True
+    """
+    header = {
+        "format": FORMAT,
+        "class": _class_name(type(model)),
+        "hyperparameters": hyperparameters(model),
+        "leaves": tree_signature(eqx.filter(model, eqx.is_array))["leaves"],
+    }
+    body = io.BytesIO()
+    eqx.tree_serialise_leaves(body, model)
+    atomic_write(pathlib.Path(path), json.dumps(header).encode() + b"\n" + body.getvalue())
+
+
+def load(path: str | os.PathLike, like: eqx.Module | type) -> Any:
+    """Load a model saved by `jaxce.save`.
+
+    Args:
+        path: the file.
+        like: a model of the same class and hyperparameters (its values are
+            ignored), or the class itself, which is then rebuilt from the saved
+            hyperparameters as ``like(**hyperparameters, key=...)`` (the jaxce
+            models; any class whose constructor takes its static fields and a
+            ``key``).
+
+    Returns:
+        The saved model, leaf for leaf.
+
+    Raises:
+        ValueError: the file is not a jaxce model file, or its class,
+            hyperparameters or leaf shapes differ from ``like``.
+    """
+    with open(path, "rb") as f:
+        line = f.readline()
+        try:
+            header = json.loads(line.decode())
+            ok = isinstance(header, dict) and header.get("format") == FORMAT
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            ok = False
+        if not ok:
+            raise ValueError(f"{os.fspath(path)!r} is not a model saved by jaxce.save.")
+        if isinstance(like, type):
+            like = eqx.filter_eval_shape(
+                lambda: like(**header["hyperparameters"], key=jax.random.key(0))
+            )
+        saved = (header["class"], header["hyperparameters"], header["leaves"])
+        arrays = eqx.filter(like, _is_leaf_array)
+        ours = (
+            _class_name(type(like)),
+            hyperparameters(like),
+            [
+                [list(a.shape), str(a.dtype)]
+                for a in jax.tree_util.tree_leaves(arrays)
+                if hasattr(a, "shape")
+            ],
+        )
+        for what, a, b in zip(("class", "hyperparameters", "leaves"), saved, ours):
+            if a != b:
+                raise ValueError(
+                    f"{os.fspath(path)!r} holds a different model: its {what} are "
+                    f"{a}, `like` has {b}."
+                )
+        try:
+            return eqx.tree_deserialise_leaves(f, like)
+        except Exception as err:  # truncated or corrupt payloads
+            raise ValueError(f"{os.fspath(path)!r} could not be read: {err}") from err

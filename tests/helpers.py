@@ -1,0 +1,77 @@
+"""Shared test helpers: tree comparison and small random inputs."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# float32 tolerances (see the test brief): ~1e-5 relative, 1e-6 absolute.
+RTOL = 1e-5
+ATOL = 1e-6
+
+
+def _leaves(tree):
+    return jax.tree_util.tree_leaves(tree)
+
+
+def tree_allclose(x, y, *, rtol: float = RTOL, atol: float = ATOL) -> bool:
+    """True when two pytrees have the same structure, shapes and close values."""
+    if jax.tree_util.tree_structure(x) != jax.tree_util.tree_structure(y):
+        return False
+    for a, b in zip(_leaves(x), _leaves(y)):
+        a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        if a.shape != b.shape or not np.allclose(a, b, rtol=rtol, atol=atol):
+            return False
+    return True
+
+
+def assert_tree_allclose(actual, expected, *, rtol: float = RTOL, atol: float = ATOL):
+    """Assert ``tree_allclose`` with a message showing the worst leaf."""
+    sa = jax.tree_util.tree_structure(actual)
+    se = jax.tree_util.tree_structure(expected)
+    assert sa == se, f"tree structures differ: {sa} vs {se}"
+    for i, (a, b) in enumerate(zip(_leaves(actual), _leaves(expected))):
+        a64 = np.asarray(a, dtype=np.float64)
+        b64 = np.asarray(b, dtype=np.float64)
+        assert a64.shape == b64.shape, f"leaf {i}: shape {a64.shape} != {b64.shape}"
+        np.testing.assert_allclose(
+            a64, b64, rtol=rtol, atol=atol, err_msg=f"leaf {i} differs"
+        )
+
+
+def assert_finite(tree) -> None:
+    """Every leaf is finite (no NaN, no inf)."""
+    for i, leaf in enumerate(_leaves(tree)):
+        arr = np.asarray(jnp.asarray(leaf, dtype=jnp.float32))
+        assert np.all(np.isfinite(arr)), f"leaf {i} is not finite: {arr}"
+
+
+def rng(seed: int = 0) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+def logits(r: np.random.Generator, shape, scale: float = 2.0) -> np.ndarray:
+    return (scale * r.standard_normal(shape)).astype(np.float32)
+
+
+def probs(r: np.random.Generator, n: int, k: int) -> np.ndarray:
+    """``(n, k)`` rows on the simplex, bounded away from 0 (float32)."""
+    p = r.dirichlet(np.full(k, 2.0), size=n) + 0.01
+    return (p / p.sum(-1, keepdims=True)).astype(np.float32)
+
+
+def labels(r: np.random.Generator, shape, k: int) -> np.ndarray:
+    return r.integers(0, k, size=shape).astype(np.int32)
+
+
+def binary_labels(r: np.random.Generator, shape) -> np.ndarray:
+    return (r.uniform(size=shape) < 0.5).astype(np.float32)
+
+
+def uniform(r: np.random.Generator, shape, lo: float, hi: float) -> np.ndarray:
+    return r.uniform(lo, hi, size=shape).astype(np.float32)
+
+
+def one_hot(y: np.ndarray, k: int) -> np.ndarray:
+    return np.eye(k, dtype=np.float32)[y]

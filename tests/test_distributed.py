@@ -1,0 +1,170 @@
+"""Distributed cross-entropy: vocabulary-parallel fused loss, sharded plain losses,
+and the same code over 2 processes.
+
+Several host CPU devices need ``XLA_FLAGS`` set before JAX starts, so the checks
+run in subprocesses (``tests/distributed/``): one 8-device process for all the
+single-host checks, and 2 processes x 4 devices joined by
+``jax.distributed.initialize`` on loopback. Each prints ``CHECK <name> <error>
+<tolerance>`` lines; the tests here assert them. Argument errors that need no
+devices are checked in-process on a 1-device mesh.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh
+
+import jaxce
+
+HERE = Path(__file__).parent / "distributed"
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)  # the scripts set their own device count
+    env["JAX_PLATFORMS"] = "cpu"
+    return env
+
+
+def _parse(out: str) -> dict[str, tuple[float, float]]:
+    checks = {}
+    for line in out.splitlines():
+        if line.startswith("CHECK "):
+            _, name, err, tol = line.split()[:4]
+            checks[name] = (float(err), float(tol))
+    return checks
+
+
+def _assert_group(checks: dict, prefix: str, expected: int) -> None:
+    group = {k: v for k, v in checks.items() if k.startswith(prefix)}
+    assert len(group) == expected, f"expected {expected} `{prefix}` checks: {group}"
+    bad = {k: v for k, v in group.items() if not v[0] <= v[1]}
+    assert not bad, f"failed (error, tolerance): {bad}"
+
+
+@pytest.fixture(scope="module")
+def single_host() -> dict:
+    """Run the 8-device checks once (bounded in time) and parse their output."""
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "sharded_checks.py")],
+        capture_output=True, text=True, timeout=240, env=_env(),
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "DONE" in proc.stdout, out[-4000:]
+    return _parse(proc.stdout)
+
+
+def test_vocab_parallel_fused_loss_matches_single_device(single_host):
+    # 10 (mesh, options, reduction) cases: (8,) vocab, (8,) batch, (2, 4) batch x
+    # vocab, (2, 2, 2) explicit axes with the vocabulary over two axes; loss and
+    # gradients w.r.t. hidden, weight, bias, class weights <= 2e-5.
+    _assert_group(single_host, "fused[", 10)
+
+
+def test_gradients_come_back_sharded_like_inputs(single_host):
+    _assert_group(single_host, "sharding[", 4)
+
+
+def test_edge_cases_on_mesh(single_host):
+    _assert_group(single_host, "nothing_present_is_zero", 1)
+    _assert_group(single_host, "eager", 1)
+    _assert_group(single_host, "indivisible_", 2)
+
+
+def test_bfloat16_on_mesh(single_host):
+    _assert_group(single_host, "bf16_", 2)
+
+
+def test_compiled_hlo_never_gathers_weight_or_logits(single_host):
+    _assert_group(single_host, "hlo_parser_sees_weight_all_gather", 1)
+    _assert_group(single_host, "hlo_has_collectives[", 2)
+    _assert_group(single_host, "hlo_no_big_all_gather[", 2)
+    _assert_group(single_host, "hlo_largest_collective_below_weight[", 2)
+
+
+def test_plain_losses_on_sharded_logits_match_single_device(single_host):
+    # 6 losses x logits sharded over batch, classes, both.
+    _assert_group(single_host, "plain[", 18)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_single_process():
+    port, n = _free_port(), 2
+    cmd = [sys.executable, str(HERE / "multiprocess_worker.py"), str(port), "?", "2"]
+    procs = []
+    try:
+        for i in range(n):
+            cmd[-2] = str(i)
+            procs.append(
+                subprocess.Popen(
+                    list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                    text=True, env=_env(),
+                )  # fmt: skip
+            )
+        outs = [p.communicate(timeout=150)[0] for p in procs]
+    finally:
+        for p in procs:  # never leave a worker behind (e.g. after a timeout)
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for i, (p, out) in enumerate(zip(procs, outs)):
+        assert p.returncode == 0 and "DONE" in out, f"process {i}:\n{out[-4000:]}"
+        checks = _parse(out)
+        _assert_group(checks, "fused_", 4)
+        _assert_group(checks, "weight_grad_sharded_like_weight", 1)
+
+
+# In-process: argument errors and a 1-device mesh (no extra devices needed).
+
+
+def _inputs():
+    r = np.random.default_rng(1)
+    h = jnp.asarray(r.standard_normal((6, 3)), jnp.float32)
+    w = jnp.asarray(r.standard_normal((10, 3)), jnp.float32)
+    y = jnp.asarray(r.integers(0, 10, 6), jnp.int32)
+    return h, w, y
+
+
+def test_one_device_mesh_equals_no_mesh():
+    h, w, y = _inputs()
+    mesh = Mesh(np.array(jax.devices()[:1]), ("v",))
+    kw = dict(label_smoothing=0.1, z_loss=1e-3)
+    loss = jaxce.linear_softmax_cross_entropy
+    ref = jax.jit(jax.value_and_grad(lambda h, w: loss(h, w, y, **kw), (0, 1)))(h, w)
+    got = jax.jit(
+        jax.value_and_grad(
+            lambda h, w: loss(h, w, y, mesh=mesh, vocab_axis="v", **kw), (0, 1)
+        )
+    )(h, w)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(vocab_axis="model"), ValueError, "not in the mesh"),
+        (dict(batch_axis="v", vocab_axis="v"), ValueError, "share the mesh axes"),
+        (dict(mesh="v", vocab_axis="v"), TypeError, "mesh"),
+        (dict(mesh=None, vocab_axis="v"), ValueError, "need a `mesh`"),
+    ],
+)
+def test_bad_mesh_arguments(kwargs, error, match):
+    h, w, y = _inputs()
+    kw = dict(mesh=Mesh(np.array(jax.devices()[:1]), ("v",))) | kwargs
+    with pytest.raises(error, match=match):
+        jaxce.linear_softmax_cross_entropy(h, w, y, **kw)
