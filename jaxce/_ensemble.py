@@ -72,7 +72,8 @@ def fit_ensemble(
         (4, 1) (4, 20) [[1.00000] [1.00000] [1.00000] [1.00000]]
     """
     x, y = _train.check_data(x, y, "x", "y")
-    check_steps(steps, batch_size, log_every, x.shape[0])
+    n = x.shape[0]
+    check_steps(steps, batch_size, log_every, n)
     if keys.ndim < 1 or keys.shape[0] == 0:
         raise ValueError(f"`keys` must hold at least one key, got shape {keys.shape}.")
     evals = None if eval_data is None else _train.check_data(*eval_data, "x_eval", "y_eval")
@@ -98,8 +99,9 @@ def fit_ensemble(
     start = 0
     try:
         for stop in _train.chunk_bounds(0, steps, [log_every]):
+            orders = _train.chunk_orders(cfg, data_keys, start, n, members=True)
             params, opt_state, losses, metrics = _train.ensemble_chunk(
-                params, opt_state, data_keys, _train.as_int32(start),
+                params, opt_state, orders, _train.as_int32(start),
                 _train.as_int32(stop), static, x, y, ex, ey, cfg,
             )  # fmt: skip
             parts["loss"].append(np.asarray(losses)[:, : stop - start])

@@ -74,9 +74,21 @@ def _place(tree: Any, mesh: Mesh | None) -> Any:
     if mesh is None:
         return tree
     replicated = NamedSharding(mesh, PartitionSpec())
-    return jax.tree.map(
-        lambda a: jax.device_put(a, replicated) if eqx.is_array(a) else a, tree
-    )
+
+    def put(a):
+        if not eqx.is_array(a):
+            return a
+        if replicated.is_fully_addressable:
+            return jax.device_put(a, replicated)
+        # Multi-process: every process holds the same value; build the global
+        # array from the local copy (device_put cannot reach other processes).
+        if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+            data = put(jax.random.key_data(a))
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(a))
+        host = np.asarray(a)
+        return jax.make_array_from_callback(host.shape, replicated, lambda i: host[i])
+
+    return jax.tree.map(put, tree)
 
 
 def _resolve_mesh(mesh: Mesh | None, batch_axis: str | None, batch: int) -> str | None:
@@ -253,13 +265,14 @@ def fit(
         mesh=mesh,
         batch_axis=axis,
     )
-    params, opt_state, key_p, x_p, y_p = _place((params, opt_state, key, x, y), mesh)
+    params, opt_state, x_p, y_p = _place((params, opt_state, x, y), mesh)
     ex, ey = (None, None) if evals is None else _place(evals, mesh)
     bar = Progress(steps, start, progress, "fit")
     try:
         for stop in stops:
+            orders = _place(_train.chunk_orders(cfg, key, start, n), mesh)
             params, opt_state, losses, metrics = _train.fit_chunk(
-                params, opt_state, key_p, _train.as_int32(start),
+                params, opt_state, orders, _train.as_int32(start),
                 _train.as_int32(stop), static, x_p, y_p, ex, ey, cfg,
             )  # fmt: skip
             parts["loss"].append(np.asarray(losses)[: stop - start])

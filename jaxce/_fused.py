@@ -276,6 +276,9 @@ def linear_softmax_cross_entropy(
     O(N * V); a call that is not differentiated does no gradient work.
     Gradients come back in the input dtypes; the per-block ``dz`` is cast to the
     input dtype before its two matmuls (as the unfused bf16 backward does).
+    ``jit``, ``grad`` and ``vmap`` work; forward-mode autodiff (``jvp``,
+    ``jacfwd``, ``hessian``) does not (a ``jax.custom_vjp``): use the unfused
+    loss for those.
 
     Args:
         hidden: ``(N, D)`` activations.

