@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float, Real
 
@@ -14,12 +13,14 @@ from ._options import (
     broadcast_to_elements,
     check_label_smoothing,
     check_same_shape,
+    clip_bounds,
     compute_dtype,
     element_mask,
     reduce_loss,
     resolve_eps,
     safe_xlogy,
 )
+from ._sigmoid import log_sigmoid_pair
 
 
 def binary_inputs(x, labels, name: str, label_smoothing, where):
@@ -55,8 +56,8 @@ def sigmoid_binary_cross_entropy(
 
     $$L = -\left[p_w\, y \log \sigma(z) + (1 - y) \log \sigma(-z)\right]$$
 
-    computed with `jax.nn.log_sigmoid`, so logits of $\pm 10^4$ and $\pm\infty$
-    (with the matching hard label) stay finite. ``weights`` multiplies each
+    computed in log space (one shared $e^{-|z|}$), so logits of $\pm 10^4$ and
+    $\pm\infty$ (with the matching hard label) stay finite. ``weights`` multiplies each
     element. ``reduction="mean"`` divides by the sum of weights of present
     elements (scikit-learn ``log_loss``); PyTorch's
     ``binary_cross_entropy_with_logits(weight=)`` and Keras divide by the element
@@ -92,10 +93,11 @@ def sigmoid_binary_cross_entropy(
     x, z, y, present, dtype = binary_inputs(
         logits, labels, "logits", label_smoothing, where
     )
-    pos = safe_xlogy(y, jax.nn.log_sigmoid(z))
+    log_p, log_not_p = log_sigmoid_pair(z)  # jax.nn.log_sigmoid(z), (-z)
+    pos = safe_xlogy(y, log_p)
     if pos_weight is not None:
         pos = pos * broadcast_to_elements(pos_weight, z.shape, "pos_weight", dtype)
-    loss = -(pos + safe_xlogy(1 - y, jax.nn.log_sigmoid(-z)))
+    loss = -(pos + safe_xlogy(1 - y, log_not_p))
     return reduce_loss(
         loss,
         present=present,
@@ -159,10 +161,8 @@ def binary_cross_entropy(
     x, p, y, present, dtype = binary_inputs(
         probs, labels, "probs", label_smoothing, where
     )
-    e = resolve_eps(eps, dtype)
-    # 1 - eps may round to 1 in the compute dtype (eps=1e-15 in float32): then
-    # the largest number below 1 keeps log(1 - p) finite.
-    p = jnp.clip(p, e, min(1 - e, 1 - float(jnp.finfo(dtype).epsneg)))
+    lo, hi = clip_bounds(resolve_eps(eps, dtype), dtype)
+    p = jnp.clip(p, lo, hi)
     loss = -(safe_xlogy(y, jnp.log(p)) + safe_xlogy(1 - y, jnp.log1p(-p)))
     return reduce_loss(
         loss,

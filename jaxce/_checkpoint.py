@@ -107,6 +107,7 @@ def save_checkpoint(
 def _read(path: pathlib.Path) -> tuple[dict[str, Any], bytes]:
     raw = path.read_bytes()
     line, sep, body = raw.partition(b"\n")
+    header: Any = None
     try:
         header = json.loads(line.decode())
         ok = isinstance(header, dict) and header.get("format") == FORMAT and sep
@@ -117,9 +118,8 @@ def _read(path: pathlib.Path) -> tuple[dict[str, Any], bytes]:
             f"{path} is not a jaxce.fit checkpoint (unreadable header); delete it or "
             "use another `checkpoint_dir`."
         )
-    if (
-        len(body) != header.get("payload_bytes")
-        or zlib.crc32(body) != header.get("payload_crc32")
+    if len(body) != header.get("payload_bytes") or zlib.crc32(body) != header.get(
+        "payload_crc32"
     ):
         raise CheckpointError(
             f"{path} is corrupt: its payload is {len(body)} bytes with a CRC-32 that "

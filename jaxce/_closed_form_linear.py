@@ -79,7 +79,7 @@ def linear_model_grads(
         gw, gb = g @ x, jnp.sum(g)
     elif isinstance(model, SoftmaxRegression):
         _check_x(x, model.in_features)
-        z = x @ model.weight.T + model.bias
+        z = x @ model.weight.T + model.bias[None, :]
         if jnp.issubdtype(y.dtype, jnp.integer):
             g = sparse_softmax_cross_entropy(z, y, **loss_options)
         else:

@@ -117,6 +117,10 @@ def _describe(kwargs: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+def _maybe_jit(fn, jit: bool):
+    return jax.jit(fn) if jit else fn
+
+
 def _to_float64(x):
     if isinstance(x, (jax.Array, np.ndarray)) and jnp.issubdtype(x.dtype, jnp.floating):
         return jnp.asarray(x, jnp.float64)
@@ -136,19 +140,23 @@ def _worst(x, flat_index: int) -> tuple[int, ...] | str:
 
 
 def _finite_difference_error(
-    loss_fn, closed_form_fn, args, kwargs, step, max_coords, directions
+    loss_fn, closed_form_fn, args, kwargs, step, max_coords, directions, jit
 ) -> float:
     with jax.enable_x64(True):
         args64 = jax.tree_util.tree_map(_to_float64, args)
         kwargs64 = jax.tree_util.tree_map(_to_float64, kwargs)
         x, rest = args64[0], args64[1:]
         flat, unravel = ravel_pytree(x)
-        g = np.asarray(
-            ravel_pytree(closed_form_fn(x, *rest, **kwargs64))[0], np.float64
+        g = _maybe_jit(
+            lambda v: ravel_pytree(closed_form_fn(v, *rest, **kwargs64))[0], jit
         )
+        g = np.asarray(g(x), np.float64)
 
         def f(v):
             return jnp.sum(loss_fn(unravel(v), *rest, **kwargs64)).astype(jnp.float64)
+
+        def central(flat, steps):
+            return jax.vmap(f)(flat[None] + steps) - jax.vmap(f)(flat[None] - steps)
 
         n = flat.size
         if n <= max_coords:
@@ -158,10 +166,7 @@ def _finite_difference_error(
             dirs = d / np.linalg.norm(d, axis=1, keepdims=True)
         h = step * max(1.0, float(jnp.max(jnp.abs(flat))))
         steps = jnp.asarray(dirs * h)
-        fd = np.asarray(
-            jax.vmap(f)(flat[None] + steps) - jax.vmap(f)(flat[None] - steps)
-        )
-        fd = fd / (2 * h)
+        fd = np.asarray(_maybe_jit(central, jit)(flat, steps)) / (2 * h)
     pred = dirs @ g
     scale = max(np.max(np.abs(fd)), np.max(np.abs(pred)))
     err = np.max(np.abs(fd - pred))
@@ -179,6 +184,7 @@ def compare_gradients(
     fd_step: Number = 1e-6,
     fd_max_coords: int = 256,
     fd_directions: int = 16,
+    jit: bool = True,
     **kwargs: Any,
 ) -> GradientReport:
     r"""Compare a closed-form gradient with autodiff and central finite differences.
@@ -207,6 +213,8 @@ def compare_gradients(
         fd_step: relative step of the central differences.
         fd_max_coords: largest input differenced coordinate by coordinate.
         fd_directions: number of random directions above that size.
+        jit: compile each evaluation (one compilation instead of dispatching
+            every operation); ``False`` for functions that cannot be traced.
         **kwargs: keyword options of both functions.
 
     Returns:
@@ -233,8 +241,10 @@ def compare_gradients(
     def total(v):
         return jnp.sum(loss_fn(v, *rest, **kwargs))
 
-    autodiff = ravel_pytree(jax.grad(total)(x))[0]
-    closed = ravel_pytree(closed_form_fn(*args, **kwargs))[0]
+    autodiff = _maybe_jit(lambda v: ravel_pytree(jax.grad(total)(v))[0], jit)(x)
+    closed = _maybe_jit(
+        lambda v: ravel_pytree(closed_form_fn(v, *rest, **kwargs))[0], jit
+    )(x)
     dtype = jnp.result_type(autodiff)
     if rtol is None:
         rtol = _DEFAULT_RTOL.get(jnp.dtype(dtype).itemsize, 1e-2)
@@ -261,7 +271,14 @@ def compare_gradients(
     fd = None
     if finite_differences:
         fd = _finite_difference_error(
-            loss_fn, closed_form_fn, args, kwargs, fd_step, fd_max_coords, fd_directions
+            loss_fn,
+            closed_form_fn,
+            args,
+            kwargs,
+            fd_step,
+            fd_max_coords,
+            fd_directions,
+            jit,
         )
     passed = (
         finite

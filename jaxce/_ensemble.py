@@ -76,7 +76,9 @@ def fit_ensemble(
     check_steps(steps, batch_size, log_every, n)
     if keys.ndim < 1 or keys.shape[0] == 0:
         raise ValueError(f"`keys` must hold at least one key, got shape {keys.shape}.")
-    evals = None if eval_data is None else _train.check_data(*eval_data, "x_eval", "y_eval")
+    evals = (
+        None if eval_data is None else _train.check_data(*eval_data, "x_eval", "y_eval")
+    )
     split = jax.vmap(jax.random.split)(keys)
     init_keys, data_keys = split[:, 0], split[:, 1]
     models = eqx.filter_vmap(make_model)(init_keys)

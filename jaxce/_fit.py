@@ -15,8 +15,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, ArrayLike, PRNGKeyArray, Shaped
 
 from . import _train
-from ._checkpoint import data_fingerprint, load_checkpoint, save_checkpoint
-from ._checkpoint import tree_signature as _signature
+from ._checkpoint import (
+    data_fingerprint,
+    load_checkpoint,
+    save_checkpoint,
+    tree_signature as _signature,
+)
 
 DEFAULT_LOG_EVERY = 100
 
@@ -25,7 +29,9 @@ def check_steps(steps: int, batch_size: int | None, log_every: int | None, n: in
     if not isinstance(steps, int) or steps < 0:
         raise ValueError(f"`steps` must be an int >= 0, got {steps!r}.")
     if batch_size is not None and not (isinstance(batch_size, int) and batch_size > 0):
-        raise ValueError(f"`batch_size` must be None or an int > 0, got {batch_size!r}.")
+        raise ValueError(
+            f"`batch_size` must be None or an int > 0, got {batch_size!r}."
+        )
     if batch_size is not None and batch_size > n:
         raise ValueError(
             f"`batch_size`={batch_size} is larger than the {n} training examples."
@@ -219,7 +225,9 @@ def fit(
             "`checkpoint_every` must be an int > 0 and needs `checkpoint_dir`, got "
             f"{checkpoint_every!r}."
         )
-    evals = None if eval_data is None else _train.check_data(*eval_data, "x_eval", "y_eval")
+    evals = (
+        None if eval_data is None else _train.check_data(*eval_data, "x_eval", "y_eval")
+    )
     axis = _resolve_mesh(mesh, batch_axis, n if batch_size is None else batch_size)
     loss_fn = _train.natural_loss(model, x[0]) if loss is None else loss
     optimizer = _train.default_optimizer() if optimizer is None else optimizer

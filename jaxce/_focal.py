@@ -19,6 +19,7 @@ from ._options import (
     reduce_loss,
     safe_xlogy,
 )
+from ._sigmoid import log_sigmoid_pair, sigmoid_pair
 
 
 def safe_power(x: Array, gamma) -> Array:
@@ -86,10 +87,10 @@ def sigmoid_focal_loss(
     if is_concrete_number(alpha) and not 0 <= alpha <= 1:  # type: ignore[operator]
         raise ValueError(f"`alpha` must be None or in [0, 1], got {alpha!r}.")
     x, z, y, present, dtype = binary_inputs(logits, labels, "logits", 0.0, where)
-    ce = -(
-        safe_xlogy(y, jax.nn.log_sigmoid(z)) + safe_xlogy(1 - y, jax.nn.log_sigmoid(-z))
-    )
-    one_minus_pt = y * jax.nn.sigmoid(-z) + (1 - y) * jax.nn.sigmoid(z)
+    log_p, log_not_p = log_sigmoid_pair(z)
+    p, not_p = sigmoid_pair(z)
+    ce = -(safe_xlogy(y, log_p) + safe_xlogy(1 - y, log_not_p))
+    one_minus_pt = y * not_p + (1 - y) * p
     loss = safe_power(one_minus_pt, gamma) * ce
     if alpha is not None:
         a = jnp.asarray(alpha, dtype)

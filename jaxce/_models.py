@@ -138,7 +138,9 @@ def _batch_logits(model: Callable, x: ArrayLike) -> Array:
     if not jnp.issubdtype(x.dtype, jnp.floating):
         x = x.astype(jnp.float32)
     if x.ndim != 2:
-        raise ValueError(f"`x` must have shape (num_examples, features), got {x.shape}.")
+        raise ValueError(
+            f"`x` must have shape (num_examples, features), got {x.shape}."
+        )
     return jax.vmap(model)(x)
 
 
@@ -160,7 +162,8 @@ def predict_proba(
         >>> import equinox as eqx, jax, jax.numpy as jnp, jaxce
         >>> model = jaxce.models.LogisticRegression(2, key=jax.random.key(0))
         >>> model = eqx.tree_at(lambda m: m.weight, model, jnp.array([1.0, -1.0]))
-        >>> print(jaxce.models.predict_proba(model, jnp.array([[0.0, 0.0], [2.0, 0.0]])))
+        >>> x = jnp.array([[0.0, 0.0], [2.0, 0.0]])
+        >>> print(jaxce.models.predict_proba(model, x))
         [0.50000 0.88080]
     """
     z = _batch_logits(model, x)

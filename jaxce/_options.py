@@ -83,6 +83,16 @@ def resolve_eps(eps: Number | None, dtype) -> float:
     return float(jnp.finfo(dtype).eps) if eps is None else float(eps)
 
 
+def clip_bounds(eps: float, dtype) -> tuple[float, float]:
+    """``(eps, 1 - eps)`` for clipping probabilities, with ``1 - eps`` kept below 1.
+
+    ``1 - eps`` rounds to 1 in the compute dtype when ``eps`` is tiny (``1e-15``
+    in float32); the largest number below 1 is used then, so ``log(1 - p)`` stays
+    finite.
+    """
+    return eps, min(1.0 - eps, 1.0 - float(jnp.finfo(dtype).epsneg))
+
+
 def normalize_axis(axis: int, ndim: int, name: str = "logits") -> int:
     if not isinstance(axis, int):
         raise TypeError(f"`axis` must be an int, got {axis!r}.")

@@ -60,7 +60,8 @@ def save(path: str | os.PathLike, model: eqx.Module) -> None:
         >>> path = os.path.join(tempfile.mkdtemp(), "mlp.eqx")
         >>> jaxce.save(path, model)
         >>> back = jaxce.load(path, jaxce.models.MLPClassifier)
-        >>> print(back.width, bool((back.layers[0].weight == model.layers[0].weight).all()))
+        >>> same = back.layers[0].weight == model.layers[0].weight
+        >>> print(back.width, bool(same.all()))
         8 True
     """
     header = {
@@ -71,7 +72,9 @@ def save(path: str | os.PathLike, model: eqx.Module) -> None:
     }
     body = io.BytesIO()
     eqx.tree_serialise_leaves(body, model)
-    atomic_write(pathlib.Path(path), json.dumps(header).encode() + b"\n" + body.getvalue())
+    atomic_write(
+        pathlib.Path(path), json.dumps(header).encode() + b"\n" + body.getvalue()
+    )
 
 
 def load(path: str | os.PathLike, like: eqx.Module | type) -> Any:
@@ -94,6 +97,7 @@ def load(path: str | os.PathLike, like: eqx.Module | type) -> Any:
     """
     with open(path, "rb") as f:
         line = f.readline()
+        header: Any = None
         try:
             header = json.loads(line.decode())
             ok = isinstance(header, dict) and header.get("format") == FORMAT
@@ -101,15 +105,17 @@ def load(path: str | os.PathLike, like: eqx.Module | type) -> Any:
             ok = False
         if not ok:
             raise ValueError(f"{os.fspath(path)!r} is not a model saved by jaxce.save.")
+        template: Any = like
         if isinstance(like, type):
-            like = eqx.filter_eval_shape(
-                lambda: like(**header["hyperparameters"], key=jax.random.key(0))
+            cls: Any = like
+            template = eqx.filter_eval_shape(
+                lambda: cls(**header["hyperparameters"], key=jax.random.key(0))
             )
         saved = (header["class"], header["hyperparameters"], header["leaves"])
-        arrays = eqx.filter(like, _is_leaf_array)
+        arrays = eqx.filter(template, _is_leaf_array)
         ours = (
-            _class_name(type(like)),
-            hyperparameters(like),
+            _class_name(type(template)),
+            hyperparameters(template),
             [
                 [list(a.shape), str(a.dtype)]
                 for a in jax.tree_util.tree_leaves(arrays)
@@ -123,6 +129,6 @@ def load(path: str | os.PathLike, like: eqx.Module | type) -> Any:
                     f"{a}, `like` has {b}."
                 )
         try:
-            return eqx.tree_deserialise_leaves(f, like)
+            return eqx.tree_deserialise_leaves(f, template)
         except Exception as err:  # truncated or corrupt payloads
             raise ValueError(f"{os.fspath(path)!r} could not be read: {err}") from err

@@ -42,7 +42,7 @@ def default_optimizer() -> optax.GradientTransformation:
     return _DEFAULT_OPTIMIZER
 
 
-def natural_loss(model: Callable, example: Any) -> LossFn:
+def natural_loss(model: Any, example: Any) -> LossFn:
     """Sigmoid BCE for a scalar logit, sparse softmax CE for ``(classes,)`` logits."""
     out = eqx.filter_eval_shape(lambda m, e: m(e), model, example)
     shape = getattr(out, "shape", None)
@@ -139,9 +139,11 @@ def epoch_orders(key, first_epoch, count: int, n: int) -> Array:
     training chunks of every configuration share it.
     """
     epochs = first_epoch + jnp.arange(count, dtype=jnp.int32)
-    return jax.vmap(
-        lambda e: jax.random.permutation(jax.random.fold_in(key, e), n)
-    )(epochs).astype(jnp.int32)
+
+    def order(epoch):
+        return jax.random.permutation(jax.random.fold_in(key, epoch), n)
+
+    return jax.vmap(order)(epochs).astype(jnp.int32)
 
 
 def train_chunk(params, opt_state, orders, start, stop, static, x, y, ex, ey, cfg):
@@ -252,7 +254,7 @@ def concat_history(parts: dict[str, list[np.ndarray]], axis: int):
 
 
 def chunk_bounds(start: int, steps: int, every: list[int]) -> list[int]:
-    """The stops of the chunks from ``start`` to ``steps``, at multiples of ``every``."""
+    """Where the chunks from ``start`` to ``steps`` stop: multiples of ``every``."""
     stops, s = [], start
     while s < steps:
         s = min([steps] + [(s // e + 1) * e for e in every])

@@ -16,7 +16,8 @@ import jaxce
 from jaxce._checkpoint import FILENAME
 from jaxce.models import LogisticRegression, MLPClassifier, SoftmaxRegression
 
-OPT = optax.adam(1e-2)  # one object: the compiled chunk is reused across calls
+OPT = optax.adam(1e-2)
+KEY = jax.random.key(0)  # one object: the compiled chunk is reused across calls
 
 
 def _data():
@@ -97,7 +98,7 @@ def test_finished_checkpoint_returns_saved_model(tmp_path):
         (dict(key=jax.random.key(6)), "key"),
         (dict(batch_size=16), "batch_size"),
         (dict(optimizer=optax.sgd(0.1)), "opt_state"),
-        (dict(model=MLPClassifier(64, 10, width=8, depth=1, key=jax.random.key(0))), "model"),
+        (dict(model=MLPClassifier(64, 10, width=8, depth=1, key=KEY)), "model"),
     ],
 )
 def test_mismatched_checkpoint_is_an_error(tmp_path, change, field):

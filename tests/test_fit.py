@@ -76,7 +76,7 @@ def _numpy_logistic_gd(x, y, w, b, lr, steps, batches):
 def _small_binary(n=40, d=3, seed=0):
     r = np.random.default_rng(seed)
     x = r.standard_normal((n, d)).astype(np.float32)
-    y = (x @ np.array([1.0, -2.0, 0.5]) + 0.3 * r.standard_normal(n) > 0)
+    y = x @ np.array([1.0, -2.0, 0.5]) + 0.3 * r.standard_normal(n) > 0
     return x, y.astype(np.float32)
 
 
@@ -102,7 +102,9 @@ def test_minibatch_order_follows_the_documented_rule():
     per_epoch = 23 // bs  # 4 batches per epoch, 3 examples sit out
 
     def batches(s):
-        perm = np.asarray(jax.random.permutation(jax.random.fold_in(key, s // per_epoch), 23))
+        perm = np.asarray(
+            jax.random.permutation(jax.random.fold_in(key, s // per_epoch), 23)
+        )
         return perm[(s % per_epoch) * bs : (s % per_epoch + 1) * bs]
 
     model = LogisticRegression(3, key=jax.random.key(0))
@@ -133,7 +135,9 @@ def test_natural_loss_and_custom_loss():
     xtr, _, ytr, _ = load("digits")
     x, y = xtr[:200], ytr[:200]
     model = SoftmaxRegression(64, 10, key=jax.random.key(0))
-    opts = dict(steps=5, key=jax.random.key(0), progress=False, optimizer=optax.sgd(0.1))
+    opts = dict(
+        steps=5, key=jax.random.key(0), progress=False, optimizer=optax.sgd(0.1)
+    )
     a, ha = jaxce.fit(model, x, y, **opts)
     b, hb = jaxce.fit(model, x, y, loss=jaxce.sparse_softmax_cross_entropy, **opts)
     np.testing.assert_array_equal(ha["loss"], hb["loss"])

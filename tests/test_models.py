@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import rng
 
 import jaxce
 from jaxce.models import (
@@ -16,8 +17,6 @@ from jaxce.models import (
     predict,
     predict_proba,
 )
-
-from helpers import rng
 
 
 def _x(n=5, d=4, seed=0):

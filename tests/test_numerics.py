@@ -122,6 +122,12 @@ def test_values_at_logits_of_1e4():
         jnp.array([-1e4, 1e4]), jnp.array([1.0, 1.0])
     )
     h.assert_tree_allclose(grad, np.array([-0.5, 0.0]))
+    # +-inf logits with the matching hard label: 0 loss, finite gradient
+    z_inf, y_inf = jnp.array([np.inf, -np.inf]), jnp.array([1.0, 0.0])
+    for f in (jaxce.sigmoid_binary_cross_entropy, jaxce.sigmoid_focal_loss):
+        value, grad = jax.value_and_grad(f)(z_inf, y_inf)
+        assert float(value) == 0.0
+        h.assert_finite(grad)
 
 
 NEG_INF_LOGITS = np.array(

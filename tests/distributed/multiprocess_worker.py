@@ -2,10 +2,10 @@
 
 Usage: ``python multiprocess_worker.py PORT PROCESS_ID NUM_PROCESSES``. Joins the
 coordinator on 127.0.0.1:PORT with ``jax.distributed.initialize`` (CPU
-collectives over gloo), runs the vocabulary-parallel fused loss (and, when
-``jaxce.fit`` takes a ``mesh``, a few data-parallel steps) on the global
-``(batch, vocab)`` mesh, and prints ``CHECK <name> <max abs error>`` lines
-against the single-process answer this process computes on its own.
+collectives over gloo), runs the vocabulary-parallel fused loss on a global
+``(batch, vocab)`` mesh and a few data-parallel `jaxce.fit` steps on all 8
+devices, and prints ``CHECK <name> <max abs error> <tolerance>`` lines against
+the single-process answer this process computes on its own.
 """
 
 import os
@@ -27,7 +27,9 @@ jax.distributed.initialize(
     initialization_timeout=60,
 )
 
+import equinox as eqx  # noqa: E402
 import numpy as np  # noqa: E402
+import optax  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
 
 import jaxce  # noqa: E402
@@ -60,7 +62,10 @@ y[5] = -100
 opts = dict(ignore_index=-100, label_smoothing=0.1, z_loss=1e-3, chunk_size=8)
 
 assert jax.process_count() == num_processes and jax.device_count() == 8
-mesh = jax.make_mesh((2, 4), ("batch", "vocab"))  # batch spans the processes
+mesh = jax.make_mesh((2, 4), ("batch", "vocab"))
+# The vocabulary axis stays within a process; the batch axis spans the two.
+rows = [{d.process_index for d in row} for row in mesh.devices]
+check("mesh_vocab_axis_within_process", float(any(len(p) != 1 for p in rows)), 0.0)
 
 
 def loss(h, w, b, y, **kw):
@@ -89,9 +94,6 @@ check("weight_grad_sharded_like_weight", float(not same), 0.0)
 
 # A few data-parallel `fit` steps over all 8 devices of both processes (same x, y
 # on every process) == the same steps on this process's first device alone.
-import equinox as eqx  # noqa: E402
-import optax  # noqa: E402
-
 K = 5
 xs = r.standard_normal((64, 6)).astype(np.float32)
 ys = r.integers(0, K, 64).astype(np.int32)
