@@ -27,7 +27,7 @@ import optax
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "examples"))
 
-from datasets import load  # noqa: E402
+from example_data import load  # noqa: E402
 
 import jaxce  # noqa: E402
 

@@ -17,7 +17,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from datasets import load, sklearn_accuracy  # noqa: E402
+from example_data import load, sklearn_accuracy  # noqa: E402
 
 import jaxce  # noqa: E402
 

@@ -20,7 +20,7 @@ import numpy as np
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from datasets import load  # noqa: E402
+from example_data import load  # noqa: E402
 
 import jaxce  # noqa: E402
 

@@ -22,7 +22,7 @@ sys.path.insert(0, str(HERE))
 
 import breast_cancer  # noqa: E402
 import digits  # noqa: E402
-from datasets import load  # noqa: E402
+from example_data import load  # noqa: E402
 
 import jaxce  # noqa: E402
 

@@ -5,15 +5,23 @@ from probabilities), their closed-form gradients, a fused large-vocabulary loss,
 and Equinox models trained through Optax.
 """
 
-# Losses (logit space)
+from . import closed_form as closed_form, models as models
 from ._binary import (
     binary_cross_entropy as binary_cross_entropy,
     sigmoid_binary_cross_entropy as sigmoid_binary_cross_entropy,
 )
+from ._checkpoint import CheckpointError as CheckpointError
+from ._compare import (
+    GradientReport as GradientReport,
+    compare_gradients as compare_gradients,
+)
+from ._ensemble import fit_ensemble as fit_ensemble
+from ._fit import fit as fit
 from ._focal import (
     sigmoid_focal_loss as sigmoid_focal_loss,
     softmax_focal_loss as softmax_focal_loss,
 )
+from ._fused import linear_softmax_cross_entropy as linear_softmax_cross_entropy
 from ._information import (
     cross_entropy as cross_entropy,
     entropy as entropy,
@@ -24,26 +32,11 @@ from ._probability import (
     categorical_cross_entropy as categorical_cross_entropy,
     sparse_categorical_cross_entropy as sparse_categorical_cross_entropy,
 )
+from ._serialise import load as load, save as save
 from ._softmax import (
     softmax_cross_entropy as softmax_cross_entropy,
     sparse_softmax_cross_entropy as sparse_softmax_cross_entropy,
 )
 from ._validate import validate as validate
-
-from . import models as models
-
-# -- closed forms and gradient comparison (closed_form helper adds lines here)
-from . import closed_form as closed_form
-from ._compare import (
-    GradientReport as GradientReport,
-    compare_gradients as compare_gradients,
-)
-# -- training: fit, fit_ensemble, save, load (training helper adds lines here)
-from ._checkpoint import CheckpointError as CheckpointError
-from ._ensemble import fit_ensemble as fit_ensemble
-from ._fit import fit as fit
-from ._serialise import load as load, save as save
-# -- fused loss (fused helper adds lines here)
-from ._fused import linear_softmax_cross_entropy as linear_softmax_cross_entropy
 
 __version__ = "0.1.0"

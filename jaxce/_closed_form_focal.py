@@ -159,7 +159,7 @@ def softmax_focal_loss(
                     f"`alpha` must be a scalar or have shape ({classes.num_classes},), "
                     f"got {jnp.shape(alpha)}."
                 )
-            g = g * classes.class_weights(a)[safe_labels]
+            g = g * a.astype(dtype)[safe_labels]
     grad = g[..., None] * (hit.astype(dtype) - s)
     coef = reduction_coefficients(
         classes.present, weights=weights, reduction=reduction, base=base, dtype=dtype

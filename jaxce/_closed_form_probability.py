@@ -13,9 +13,11 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int, Real
 from ._categorical import Classes, class_sum
 from ._closed_form_reduction import (
     clip_derivative,
+    dense_sparse_targets,
     finish_classes,
+    is_label,
     reduction_coefficients,
-    sparse_weighted_targets,
+    sparse_targets,
     weighted_classes,
 )
 from ._options import (
@@ -136,7 +138,8 @@ def sparse_categorical_cross_entropy(
     classes = Classes(probs, axis, where, "probs", dtype)
     safe_labels = classes.check_labels(labels, ignore_index)
     cw = classes.class_weights(class_weights)
-    a, w_y = sparse_weighted_targets(safe_labels, cw, label_smoothing, classes)
+    on, off, _, w_y = sparse_targets(safe_labels, cw, label_smoothing, classes)
+    a = dense_sparse_targets(on, off, is_label(safe_labels, classes))
     coef = reduction_coefficients(
         classes.present,
         weights=weights,

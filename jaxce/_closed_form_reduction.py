@@ -94,35 +94,49 @@ def weighted_classes(t: Array, cw: Array | None, classes: Classes) -> Array:
     return wt
 
 
-def sparse_weighted_targets(
+def sparse_targets(
     safe_labels: Array,
     cw: Array | None,
     label_smoothing,
     classes: Classes,
-) -> tuple[Array, Array | None]:
-    """The weighted smoothed target ``a_c = (1-e) w_y [c = y] + e/K w_c m_c``.
+) -> tuple[Array, Array | None, Array, Array | None]:
+    """The weighted smoothed target ``a_c = on [c = y] + off_c`` of integer labels.
 
-    Every integer-label categorical loss is ``-sum_c a_c log p_c``; returns ``a``
-    (classes last) and the mean-denominator weight ``w_y`` (``None`` without class
-    weights).
+    Every integer-label categorical loss is ``-sum_c a_c log p_c`` with
+    ``on = (1 - e) w_y`` and ``off_c = e / K * w_c * m_c`` (``m``: classes in play).
+    Returns ``(on, off, total, w_y)``: ``on`` and ``total = sum_c a_c`` of the
+    element shape, ``off`` broadcastable to the classes-last input (``None``
+    without smoothing), and the mean-denominator weight ``w_y`` (``None`` without
+    class weights). Nothing of the full input's size is reduced unless a per-class
+    mask is given.
     """
     check_label_smoothing(label_smoothing)
     dtype = classes.dtype
     w_y = None if cw is None else cw[safe_labels]
-    target = jnp.ones(safe_labels.shape, dtype) if w_y is None else w_y
-    smoothing = uses_smoothing(label_smoothing)
+    on = jnp.ones(safe_labels.shape, dtype) if w_y is None else w_y
+    if not uses_smoothing(label_smoothing):
+        return on, None, on, w_y
     eps = jnp.asarray(label_smoothing, dtype)
-    if smoothing:
-        target = (1 - eps) * target
-    a = jnp.where(
-        is_label(safe_labels, classes), target[..., None], jnp.zeros((), dtype)
-    )
-    if smoothing:
-        ek = eps / jnp.asarray(classes.k(), dtype)
-        if ek.ndim:
-            ek = ek[..., None]
-        a = a + weighted_classes(jnp.ones(classes.x.shape, dtype), cw, classes) * ek
-    return a, w_y
+    on = (1 - eps) * on
+    ek = eps / jnp.asarray(classes.k(), dtype)  # scalar, or per element with a mask
+    if classes.class_mask is None:
+        off = ek if cw is None else ek * cw
+        off_sum = eps if cw is None else ek * jnp.sum(cw)
+    else:
+        wm = weighted_classes(jnp.ones(classes.x.shape, dtype), cw, classes)
+        off = wm * ek[..., None]
+        off_sum = (
+            eps * jnp.ones(safe_labels.shape, dtype)
+            if cw is None
+            else (ek * jnp.sum(wm, axis=-1))
+        )
+    return on, off, on + off_sum, w_y
+
+
+def dense_sparse_targets(on: Array, off: Array | None, hit: Array) -> Array:
+    """``a_c = on [c = y] + off_c`` as a classes-last array."""
+    a = jnp.where(hit, on[..., None], jnp.zeros((), on.dtype))
+    return a if off is None else a + off
 
 
 def is_label(safe_labels: Array, classes: Classes) -> Array:

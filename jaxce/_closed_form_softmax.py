@@ -7,15 +7,15 @@ targets) the gradient is ``dL/dz_j = softmax(z)_j * sum_c a_c - a_j``; the z-los
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, Real
 
 from ._categorical import Classes, class_sum
 from ._closed_form_reduction import (
     finish_classes,
+    is_label,
     reduction_coefficients,
-    sparse_weighted_targets,
+    sparse_targets,
     weighted_classes,
 )
 from ._options import (
@@ -28,14 +28,20 @@ from ._options import (
 )
 
 
-def _softmax_grad(z: Array, a: Array, z_loss) -> Array:
-    """``softmax(z) * (sum_c a_c + 2 lambda lse) - a`` along the last axis."""
-    s = jax.nn.softmax(z, axis=-1)  # exp(z - max) / sum: accurate near s = 1
-    total = jnp.sum(a, axis=-1, keepdims=True)
-    if not (isinstance(z_loss, (int, float)) and z_loss == 0):
-        lse = jax.nn.logsumexp(z, axis=-1, keepdims=True)
-        total = total + 2 * jnp.asarray(z_loss, z.dtype) * lse
-    return s * total - a
+def softmax_and_lse(z: Array) -> tuple[Array, Array]:
+    """``softmax(z)`` and ``logsumexp(z)`` (kept dims) along the last axis.
+
+    One max and one sum of exponentials, as `jax.nn.softmax` (``exp(z - max) /
+    sum``: accurate where a probability is close to 1).
+    """
+    m = jnp.max(z, axis=-1, keepdims=True)
+    e = jnp.exp(z - m)
+    total = jnp.sum(e, axis=-1, keepdims=True)
+    return e / total, m + jnp.log(total)
+
+
+def _uses_z_loss(z_loss) -> bool:
+    return not (isinstance(z_loss, (int, float)) and z_loss == 0)
 
 
 def softmax_cross_entropy(
@@ -95,7 +101,9 @@ def softmax_cross_entropy(
         base=base,
         dtype=dtype,
     )
-    return finish_classes(_softmax_grad(z, a, 0.0), coef, classes, logits.dtype)
+    s, _ = softmax_and_lse(z)
+    grad = s * jnp.sum(a, axis=-1, keepdims=True) - a
+    return finish_classes(grad, coef, classes, logits.dtype)
 
 
 def sparse_softmax_cross_entropy(
@@ -150,7 +158,7 @@ def sparse_softmax_cross_entropy(
     safe_labels = classes.check_labels(labels, ignore_index)
     cw = classes.class_weights(class_weights)
     z = classes.keep(classes.x, -jnp.inf)
-    a, w_y = sparse_weighted_targets(safe_labels, cw, label_smoothing, classes)
+    on, off, total, w_y = sparse_targets(safe_labels, cw, label_smoothing, classes)
     coef = reduction_coefficients(
         classes.present,
         weights=weights,
@@ -159,4 +167,12 @@ def sparse_softmax_cross_entropy(
         base=base,
         dtype=dtype,
     )
-    return finish_classes(_softmax_grad(z, a, z_loss), coef, classes, logits.dtype)
+    s, lse = softmax_and_lse(z)
+    total = total[..., None]
+    if _uses_z_loss(z_loss):
+        total = total + 2 * jnp.asarray(z_loss, dtype) * lse
+    hit = is_label(safe_labels, classes)
+    grad = s * total - jnp.where(hit, on[..., None], jnp.zeros((), dtype))
+    if off is not None:
+        grad = grad - off
+    return finish_classes(grad, coef, classes, logits.dtype)

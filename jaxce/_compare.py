@@ -77,7 +77,7 @@ class GradientReport:
         """One row per report: the compact form `examples/gradients.py` prints."""
         head = ("loss", "reduction", "options", "dtype", "max abs", "max rel")
         head = head + ("1 - cos", "FD err", "")
-        rows = [head]
+        rows: list[tuple[str, ...]] = [head]
         for r in reports:
             fd = r.finite_difference_error
             opts = dict(r.options)

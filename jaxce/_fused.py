@@ -52,6 +52,7 @@ from ._fused_chunks import (
     default_chunks as default_chunks,
     lse_from_stats as lse_from_stats,
 )
+from ._fused_tokens import token_path_loss
 from ._options import (
     Number,
     Reduction,
@@ -338,6 +339,10 @@ def linear_softmax_cross_entropy(
     if batch_axis is not None or vocab_axis is not None:
         raise ValueError("`batch_axis` / `vocab_axis` need a `mesh`.")
     p = prepare(hidden, weight, labels, **kwargs)
+    if reduction != "none":
+        return token_path_loss(
+            p, label_smoothing=label_smoothing, z_loss=z_loss, reduction=reduction
+        )
     lse, z_y, sum_wz = _stats(
         p.hidden, p.weight, p.bias, p.labels,
         p.class_weights if p.need_sum else None,

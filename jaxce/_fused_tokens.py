@@ -22,7 +22,7 @@ tokens, accumulated alongside; with ``symbolic_zeros`` the forward rule skips
 every gradient that is not asked for (``weight``'s ``dW`` matmul included).
 
 Memory: the ``(T, V)`` logits block and its ``dz`` (``T`` from
-`token_chunk_for`, ~32 MiB of float32 logits), the float32 ``dW`` accumulator
+`token_chunk_for`, ~64 MiB of float32 logits), the float32 ``dW`` accumulator
 (the size of the gradient; an extra copy only for bf16 / fp16 weights) and the
 ``(N, D)`` hidden gradient: O(chunk) beyond the gradients themselves.
 """
@@ -42,15 +42,15 @@ from ._closed_form_reduction import reduction_coefficients
 from ._fused_chunks import _chunk_start, _logits, _token_blocks
 from ._options import compute_dtype, reduce_loss, safe_divide
 
-TOKEN_BLOCK_ELEMENTS = 1 << 23
-"""Target size of one ``(token_chunk, V)`` logits block (8 Mi = 32 MiB float32)."""
+TOKEN_BLOCK_ELEMENTS = 1 << 24
+"""Target size of one ``(token_chunk, V)`` logits block (16 Mi = 64 MiB float32)."""
 
 
 def token_chunk_for(n: int, v: int, budget: int | None = None) -> int:
     """Tokens per chunk of the token path for ``n`` tokens and vocabulary ``v``.
 
     At most ``budget // v`` tokens (default `TOKEN_BLOCK_ELEMENTS`, so one
-    float32 logits block is ~32 MiB), at least 1; the chunks are then evened out
+    float32 logits block is ~64 MiB), at least 1; the chunks are then evened out
     (``ceil(n / chunks)``) and rounded up to a multiple of 8 where that fits.
     """
     budget = TOKEN_BLOCK_ELEMENTS if budget is None else budget
