@@ -233,7 +233,25 @@ def test_forward_does_no_gradient_work():
     y = jnp.abs(y) % V
     f = lambda h, w: jaxce.linear_softmax_cross_entropy(h, w, y, chunk_size=CHUNK)  # noqa: E731
     assert _count_dots(jax.make_jaxpr(f)(h, w).jaxpr) == 1
-    # value_and_grad: the forward matmul, the recomputed logits, dH and dW.
+    # Scalar reductions, differentiated: logits, dH and dW in one token pass.
+    vg = jax.value_and_grad(f, argnums=(0, 1))
+    assert _count_dots(jax.make_jaxpr(vg)(h, w).jaxpr) == 3
+    # Only `hidden` differentiated: the dW matmul is skipped (symbolic zeros).
+    assert _count_dots(jax.make_jaxpr(jax.grad(f))(h, w).jaxpr) == 2
+
+
+def test_per_token_reduction_recomputes():
+    """``"none"``: O(N) residuals; the backward recomputes the logits (4 matmuls)."""
+    h, w, b, y, _, _ = _data()
+    y = jnp.abs(y) % V
+
+    def f(h, w):
+        out = jaxce.linear_softmax_cross_entropy(
+            h, w, y, chunk_size=CHUNK, reduction="none"
+        )
+        return jnp.sum(out)
+
+    assert _count_dots(jax.make_jaxpr(f)(h, w).jaxpr) == 1
     vg = jax.value_and_grad(f, argnums=(0, 1))
     assert _count_dots(jax.make_jaxpr(vg)(h, w).jaxpr) == 4
 

@@ -32,10 +32,10 @@ def _rows64(p):
 )
 def test_log_loss_multiclass(normalize, use_sw):
     r = h.rng(20)
-    p = h.probs(r, 10, 4)
-    y = h.labels(r, (10,), 4)
+    p = h.probs(r, 6, 4)
+    y = h.labels(r, (6,), 4)
     y[:4] = [0, 1, 2, 3]  # every class present, as log_loss infers the labels
-    sw = h.uniform(r, (10,), 0.1, 3.0) if use_sw else None
+    sw = h.uniform(r, (6,), 0.1, 3.0) if use_sw else None
     expected = log_loss(y, _rows64(p), normalize=normalize, sample_weight=sw)
     got = jaxce.sparse_categorical_cross_entropy(
         p, y, weights=sw, reduction="mean" if normalize else "sum"
@@ -48,10 +48,10 @@ def test_log_loss_multiclass(normalize, use_sw):
 )
 def test_log_loss_binary(normalize, use_sw):
     r = h.rng(21)
-    p = h.uniform(r, (12,), 0.01, 0.99)
-    y = h.binary_labels(r, (12,))
+    p = h.uniform(r, (6, 4), 0.01, 0.99).reshape(-1)
+    y = h.binary_labels(r, (24,))
     y[:2] = [0.0, 1.0]
-    sw = h.uniform(r, (12,), 0.1, 3.0) if use_sw else None
+    sw = h.uniform(r, (24,), 0.1, 3.0) if use_sw else None
     expected = log_loss(y, p.astype(np.float64), normalize=normalize, sample_weight=sw)
     got = jaxce.binary_cross_entropy(
         p, y, weights=sw, reduction="mean" if normalize else "sum"
@@ -91,9 +91,9 @@ def test_log_loss_docs_example():
 
 def test_optax_sigmoid_binary_cross_entropy():
     r = h.rng(22)
-    z = h.logits(r, (5, 3), scale=5.0)
-    y = h.uniform(r, (5, 3), 0.0, 1.0)
-    y[0] = [0.0, 1.0, 1.0]
+    z = h.logits(r, (6, 4), scale=5.0)
+    y = h.uniform(r, (6, 4), 0.0, 1.0)
+    y[0] = [0.0, 1.0, 1.0, 0.0]
     expected = optax.losses.sigmoid_binary_cross_entropy(jnp.asarray(z), y)
     got = jaxce.sigmoid_binary_cross_entropy(z, y, reduction="none")
     h.assert_tree_allclose(got, expected)
@@ -197,9 +197,9 @@ def test_optax_docs_examples():
 )
 def test_optax_sigmoid_focal_loss(alpha, gamma):
     r = h.rng(27)
-    z = h.logits(r, (4, 5), scale=4.0)
-    y = h.binary_labels(r, (4, 5))
-    y[0] = [0.0, 0.3, 0.5, 0.9, 1.0]  # soft labels
+    z = h.logits(r, (6, 4), scale=4.0)
+    y = h.binary_labels(r, (6, 4))
+    y[0] = [0.0, 0.3, 0.9, 1.0]  # soft labels
     expected = optax.losses.sigmoid_focal_loss(
         jnp.asarray(z), jnp.asarray(y), alpha=alpha, gamma=gamma
     )
