@@ -1,6 +1,7 @@
 """A tour of jaxce, starting from the worked numbers of the two seed articles.
 
-Run it with ``python examples/tour.py``. It prints
+Run it with ``python examples/tour.py`` (or ``python examples/tour.py seeds fused``
+for some sections only). It prints
 
 1. every worked number of the seed articles (softmax of three scores, the
    students' models A and B, the fruit containers, the PyTorch, TensorFlow and
@@ -19,8 +20,10 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import pathlib
+import sys
 import textwrap
 import time
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -351,18 +354,24 @@ def show_training() -> None:
     )
 
 
-SECTIONS = (show_seed_figures, show_gradients, show_training, show_fused)
+SECTIONS = {
+    "seeds": show_seed_figures,
+    "gradients": show_gradients,
+    "training": show_training,
+    "fused": show_fused,
+}
 
 
-def main() -> None:
+def main(sections: Sequence[str] | None = None) -> None:
+    """Print the tour: every section, or only those named (keys of `SECTIONS`)."""
     start = time.perf_counter()
     print(f"jaxce {jaxce.__version__} on {jax.default_backend()}")
-    for show in SECTIONS:
+    for name in SECTIONS if sections is None else sections:
         t0 = time.perf_counter()
-        show()
+        SECTIONS[name]()
         print(f"[{time.perf_counter() - t0:.1f} s]")
     print(f"\nTour done in {time.perf_counter() - start:.1f} s.")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:] or None)

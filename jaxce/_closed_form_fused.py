@@ -8,7 +8,9 @@ gradient with respect to the logits is, per token,
                       - a_n * [c == y_n] - eps / V * w_c)
 
 with ``a_n = (1 - eps) * w[y_n]``; then ``dH = dz @ W``, ``dW = dz.T @ H``,
-``db = sum_n dz`` (through ``1 - (z / cap)**2`` with a soft cap), chunk by chunk.
+``db = sum_n dz`` (through ``1 - (z / cap)**2`` with a soft cap), token chunk by
+token chunk: the kernel of the fused loss's forward rule
+(``jaxce._fused_tokens.token_chunk_grads``), three matmuls in all.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
-from ._closed_form_reduction import reduction_coefficients
-from ._fused import _stats, chunk_grads, prepare
+from ._fused import prepare
+from ._fused_tokens import Coefs, token_chunk_for, token_chunk_grads
 from ._options import Number, Reduction, ScalarLike
 
 
@@ -39,8 +41,9 @@ def linear_softmax_cross_entropy(
     r"""Gradients of `jaxce.linear_softmax_cross_entropy`, written out analytically.
 
     Returns the gradient of the reduced loss (for ``reduction="none"``: of its
-    sum) with respect to ``hidden``, ``weight`` and ``bias``, computed block by
-    block without autodiff and without materialising the logits. With
+    sum) with respect to ``hidden``, ``weight`` and ``bias``, computed without
+    autodiff, one token chunk (its full-vocabulary logits block, the same chunks
+    as the fused loss's gradient pass) at a time, three matmuls in all. With
     $s = \operatorname{softmax}(z)$, class weights $w$, smoothing $\varepsilon$
     over $V$ classes, z-loss $\lambda$ and $a_n = (1 - \varepsilon) w_{y_n}$:
 
@@ -78,31 +81,17 @@ def linear_softmax_cross_entropy(
         softcap=softcap, where=where, reduction=reduction, chunk_size=chunk_size,
     )  # fmt: skip
     dt = p.dtype
-    lse, _, _ = _stats(
-        p.hidden, p.weight, p.bias, p.labels, None,
-        p.softcap, p.chunk_size, p.token_chunk, False,
+    eps = jnp.asarray(label_smoothing, dt) if p.need_sum else None
+    static_zero = isinstance(z_loss, (int, float)) and z_loss == 0
+    lam = None if static_zero else jnp.asarray(z_loss, dt)
+    v = p.weight.shape[0]
+    cf = Coefs(reduction, p.labels, p.present, p.class_weights, eps, v, dt)
+    _, _, _, dh, dw, db, _ = token_chunk_grads(
+        p.hidden, p.weight, p.bias, p.labels, p.class_weights,
+        cf.coef, cf.a, cf.g0, cf.ek, lam,
+        softcap=p.softcap, chunk_size=p.chunk_size,
+        token_chunk=token_chunk_for(p.labels.shape[0], v), need_sum=False,
     )  # fmt: skip
-    w_y = None if p.class_weights is None else p.class_weights[p.labels]
-    coef = reduction_coefficients(
-        p.present, weights=None, denom_weights=w_y, reduction=reduction,
-        base=None, dtype=dt,
-    )  # fmt: skip
-    a = jnp.ones_like(lse) if w_y is None else w_y
-    g_lse = a
-    g_sum = None
-    if p.need_sum:
-        eps = jnp.asarray(label_smoothing, dt)
-        k = jnp.asarray(p.weight.shape[0], dt)
-        total_w = k if p.class_weights is None else jnp.sum(p.class_weights)
-        a = (1 - eps) * a
-        g_lse = a + eps / k * total_w
-        g_sum = -coef * (eps / k)
-    if not (isinstance(z_loss, (int, float)) and z_loss == 0):
-        g_lse = g_lse + 2 * jnp.asarray(z_loss, dt) * lse
-    dh, dw, db, _ = chunk_grads(
-        p.hidden, p.weight, p.bias, p.labels, p.class_weights, lse,
-        coef * g_lse, -coef * a, g_sum,
-        softcap=p.softcap, chunk_size=p.chunk_size, token_chunk=p.token_chunk,
-    )  # fmt: skip
+    assert dh is not None and dw is not None
     db = None if db is None or p.bias is None else db.astype(p.bias.dtype)
-    return dh.astype(p.hidden.dtype), dw, db
+    return dh.astype(p.hidden.dtype), dw.astype(p.weight.dtype), db

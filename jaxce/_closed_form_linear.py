@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Real
@@ -36,7 +38,7 @@ def linear_model_grads(
     (`jaxce.closed_form.sigmoid_binary_cross_entropy` for `LogisticRegression`;
     `jaxce.closed_form.sparse_softmax_cross_entropy` for `SoftmaxRegression` with
     integer ``y``, `jaxce.closed_form.softmax_cross_entropy` with ``(n, classes)``
-    targets). By the chain rule
+    targets), computed on classes-first logits. By the chain rule
 
     $$\frac{\partial R}{\partial W} = G^\top X, \qquad
       \frac{\partial R}{\partial b} = \sum_n G_n$$
@@ -79,12 +81,17 @@ def linear_model_grads(
         gw, gb = g @ x, jnp.sum(g)
     elif isinstance(model, SoftmaxRegression):
         _check_x(x, model.in_features)
-        z = x @ model.weight.T + model.bias[None, :]
+        # Classes-first logits (C, N): W @ X.T, then dW = G @ X is one plain matmul
+        # (measured faster on CPU than the (N, C) layout).
+        zt = model.weight @ x.T + model.bias[:, None]
+        opts: dict[str, Any] = dict(loss_options)
+        if opts.get("where") is not None and jnp.ndim(opts["where"]) == 2:
+            opts["where"] = jnp.asarray(opts["where"]).T  # a per-class (N, C) mask
         if jnp.issubdtype(y.dtype, jnp.integer):
-            g = sparse_softmax_cross_entropy(z, y, **loss_options)
+            g = sparse_softmax_cross_entropy(zt, y, axis=0, **opts)
         else:
-            g = softmax_cross_entropy(z, y, **loss_options)
-        gw, gb = g.T @ x, jnp.sum(g, axis=0)
+            g = softmax_cross_entropy(zt, y.T, axis=0, **opts)
+        gw, gb = g @ x, jnp.sum(g, axis=1)
     else:
         raise TypeError(
             "`model` must be a LogisticRegression or SoftmaxRegression, got "

@@ -120,7 +120,7 @@ def sparse_targets(
     on = (1 - eps) * on
     ek = eps / jnp.asarray(classes.k(), dtype)  # scalar, or per element with a mask
     if classes.class_mask is None:
-        off = ek if cw is None else ek * cw
+        off = ek if cw is None else jnp.broadcast_to(ek * cw, classes.x.shape)
         off_sum = eps if cw is None else ek * jnp.sum(cw)
     else:
         wm = weighted_classes(jnp.ones(classes.x.shape, dtype), cw, classes)

@@ -1,5 +1,15 @@
 """Fused linear -> softmax cross-entropy that never builds the ``(N, V)`` logits.
 
+Two gradient paths (the value is the same statistics pass in both):
+
+- scalar reductions (``"mean"``, ``"sum"``, ``"sum_over_batch_size"``):
+  ``jaxce._fused_tokens.scalar_loss``, a custom_vjp around the whole loss whose
+  forward rule (run only under differentiation) computes the gradients token
+  chunk by token chunk -- three ``N x D x V`` matmuls, as the unfused loss;
+- ``reduction="none"`` (per-token cotangents), and the sharded loss: the
+  recompute path below (``fused_stats``: the backward recomputes the logits,
+  four matmuls, O(N) residuals).
+
 Structure (reusable pieces for the vocabulary-parallel version in
 ``jaxce/_fused_sharded.py``; all importable from ``jaxce._fused``):
 
@@ -268,15 +278,30 @@ def linear_softmax_cross_entropy(
     reduced as in `jaxce.sparse_softmax_cross_entropy` (``"mean"`` divides by
     the sum of $w_y$ over present tokens, PyTorch's ``F.cross_entropy``).
 
-    The logits are formed in ``chunk_size``-class blocks (and, for many tokens,
-    token blocks of ~4 Mi logits in all) with float32 accumulation
-    (``preferred_element_type``), also for bf16 / fp16 input; the softmax
-    statistics are accumulated online. Under differentiation only the per-token
-    ``logsumexp`` is saved and the backward recomputes each block (as Cut Cross
-    Entropy does), so the extra memory is O(block + N * D) in both passes, never
-    O(N * V); a call that is not differentiated does no gradient work.
-    Gradients come back in the input dtypes; the per-block ``dz`` is cast to the
-    input dtype before its two matmuls (as the unfused bf16 backward does).
+    Not differentiated, the logits are formed in ``chunk_size``-class blocks
+    (and, for many tokens, token blocks of ~4 Mi logits in all) with float32
+    accumulation (``preferred_element_type``), also for bf16 / fp16 input; the
+    softmax statistics are accumulated online; no gradient work is done.
+
+    Differentiated, with a scalar ``reduction`` (``"mean"``, ``"sum"``,
+    ``"sum_over_batch_size"``), the gradients are computed in the forward pass
+    (as Liger Kernel does) over chunks of ``T`` tokens: each chunk's
+    full-vocabulary ``(T, V)`` logits, its ``logsumexp``, the analytic ``dz``
+    (see `jaxce.closed_form.linear_softmax_cross_entropy`), ``dH = dz @ W``
+    and ``dW += dz.T @ H`` (in ``chunk_size``-class slices): three matmuls, as
+    the unfused loss. ``T = max(1, 2**24 // V)`` evened over the tokens (a
+    ~64 MiB float32 logits block; all tokens when ``N * V`` is smaller), so the
+    extra memory is that block plus float32 gradient accumulators (``dW`` is a
+    separate float32 buffer only for bf16 / fp16 weights), never O(N * V). The
+    saved residuals are the gradients themselves; the backward only scales them
+    by the cotangent. Gradients that are not asked for (e.g. ``weight`` frozen)
+    are skipped, their matmul included.
+
+    With ``reduction="none"`` only the per-token ``logsumexp`` is saved and the
+    backward recomputes each ``chunk_size``-class block (as Cut Cross Entropy
+    does; four matmuls), so the extra memory is O(block + N * D).
+    Gradients come back in the input dtypes; ``dz`` is cast to the input dtype
+    before its two matmuls (as the unfused bf16 backward does).
     ``jit``, ``grad`` and ``vmap`` work; forward-mode autodiff (``jvp``,
     ``jacfwd``, ``hessian``) does not (a ``jax.custom_vjp``): use the unfused
     loss for those.
@@ -296,8 +321,10 @@ def linear_softmax_cross_entropy(
         where: ``(N,)`` boolean **per-token** mask (False tokens are absent); there
             is no per-class mask here.
         reduction: ``"none"``, ``"sum"``, ``"mean"`` or ``"sum_over_batch_size"``.
-        chunk_size: classes per block; None picks 2048 (clipped to ``V``).
-            ``V`` need not be a multiple of it.
+        chunk_size: classes per block (of the statistics pass, of the
+            recompute backward and of the ``dW`` update in the token-chunked
+            gradient pass); None picks 2048 (clipped to ``V``). ``V`` need not be
+            a multiple of it. The token chunk of the gradient pass is automatic.
         mesh, batch_axis, vocab_axis: run vocabulary- / data-parallel under
             ``shard_map`` (see ``jaxce/_fused_sharded.py``); ``mesh=None`` runs
             on one device.

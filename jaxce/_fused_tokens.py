@@ -30,7 +30,9 @@ Memory: the ``(T, V)`` logits block and its ``dz`` (``T`` from
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from functools import partial
+from typing import NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -73,25 +75,42 @@ class Static:
     reduction: str
 
 
-class _Coefs:
-    """Per-token quantities of the closed form, known before the token loop."""
+class Coefs:
+    """Per-token quantities of the closed form, known before the token loop.
 
-    def __init__(self, st: Static, labels, present, cw, eps, lam, v: int, dtype):
+    ``coef`` (reduction coefficient, 0 for absent tokens), ``a`` (weight of
+    ``-z_y``: ``(1 - eps) w_y``), ``g0`` (weight of ``lse`` without z-loss),
+    ``ek = eps / V``, ``total_w = sum_c w_c`` and ``w_y`` (None without class
+    weights); ``eps`` None means no smoothing.
+    """
+
+    def __init__(self, reduction: str, labels, present, cw, eps, v: int, dtype):
         self.w_y = None if cw is None else cw[labels].astype(dtype)
         self.coef = reduction_coefficients(
             present, weights=None, denom_weights=self.w_y,
-            reduction=st.reduction, base=None, dtype=dtype,
+            reduction=reduction, base=None, dtype=dtype,
         )  # fmt: skip
         a = jnp.ones(labels.shape, dtype) if self.w_y is None else self.w_y
-        self.ek = None
-        self.total_w = None
+        self.ek: Array | None = None
+        self.total_w: Array = jnp.asarray(v, dtype) if cw is None else jnp.sum(cw)
+        g0 = a  # d loss_n / d lse_n without the z-loss term
         if eps is not None:
             a = (1 - eps) * a
-            self.ek = eps / jnp.asarray(v, dtype)
-            self.total_w = jnp.asarray(v, dtype) if cw is None else jnp.sum(cw)
-        self.a = a  # weight of -z_y in the loss
-        # d loss_n / d lse_n without the z-loss term
-        self.g0 = a if eps is None else a + self.ek * self.total_w
+            ek = eps / jnp.asarray(v, dtype)
+            g0 = a + ek * self.total_w
+            self.ek = ek
+        self.a: Array = a  # weight of -z_y in the loss
+        self.g0: Array = g0
+
+
+class TokenGrads(NamedTuple):
+    lse: Array
+    z_y: Array
+    sum_wz: Array
+    d_hidden: Array | None
+    d_weight: Array | None
+    d_bias: Array | None
+    zc: Array | None
 
 
 def token_chunk_grads(
@@ -114,7 +133,7 @@ def token_chunk_grads(
     want_dw: bool = True,
     want_db: bool = True,
     want_zc: bool = False,
-) -> tuple[Array, ...]:
+) -> TokenGrads:
     """Statistics and gradients of ``sum_n coef_n L_n`` in one pass over tokens.
 
     With ``z = softcap(hidden @ weight.T + bias)``, ``p = softmax(z)``:
@@ -135,8 +154,9 @@ def token_chunk_grads(
             (``zc[c] = sum_n coef_n z[n, c]``, for the class-weight gradient).
 
     Returns:
-        ``(lse, z_y, sum_wz, d_hidden, d_weight, d_bias, zc)`` in the compute
-        dtype; ``sum_wz`` zeros unless ``need_sum``; unwanted gradients None.
+        `TokenGrads` ``(lse, z_y, sum_wz, d_hidden, d_weight, d_bias, zc)`` in the
+        compute dtype; ``sum_wz`` zeros unless ``need_sum``; unwanted gradients
+        None.
     """
     n, d = hidden.shape
     v = weight.shape[0]
@@ -195,7 +215,7 @@ def token_chunk_grads(
     )
     stats, dh, dw, db, zc = _token_blocks(n, t, chunk, init)
     sw = stats[2] if need_sum else jnp.zeros((n,), cdt)
-    return stats[0], stats[1], sw, dh, dw, db, zc
+    return TokenGrads(stats[0], stats[1], sw, dh, dw, db, zc)
 
 
 def _add_weight_grad(dw: Array, dz: Array, h: Array, c: int, cdt) -> Array:
@@ -252,8 +272,10 @@ def _reduce(st, hidden, weight, labels, present, cw, eps, lam, lse, zy, sw):
         label_smoothing=0.0 if eps is None else eps,
         z_loss=0.0 if lam is None else lam,
     )  # fmt: skip
-    kw = dict(present=present, weights=None, denom_weights=w_y, base=None)
-    value = reduce_loss(loss, reduction=st.reduction, out_dtype=lse.dtype, **kw)
+    value = reduce_loss(
+        loss, present=present, weights=None, denom_weights=w_y,
+        reduction=st.reduction, base=None, out_dtype=lse.dtype,
+    )  # fmt: skip
     return value.astype(hidden.dtype), value
 
 
@@ -265,7 +287,7 @@ def _scalar_fwd(st: Static, hidden, weight, bias, class_weights, eps, lam, label
     )
     v = w.shape[0]
     cdt = compute_dtype(h.dtype, w.dtype)
-    cf = _Coefs(st, labels, present, cw, eps, lam, v, cdt)
+    cf = Coefs(st.reduction, labels, present, cw, eps, v, cdt)
     want_zc = want[3] and st.need_sum
     lse, zy, sw, dh, dw, db, zc = token_chunk_grads(
         h, w, b, labels, cw, cf.coef, cf.a, cf.g0, cf.ek, lam,
@@ -274,22 +296,14 @@ def _scalar_fwd(st: Static, hidden, weight, bias, class_weights, eps, lam, label
         want_dh=want[0], want_dw=want[1], want_db=want[2], want_zc=want_zc,
     )  # fmt: skip
     out, value = _reduce(st, h, w, labels, present, cw, eps, lam, lse, zy, sw)
-    k = cf.coef
     dcw = d_eps = d_lam = None
     if want[3] and cw is not None:
-        # d L_n / d w_c = (1 - eps) (lse_n - z_yn) [c = y_n] + eps / V (lse_n - z_nc)
-        one_m = 1 if eps is None else 1 - eps
-        dcw = jnp.zeros((v,), cdt).at[labels].add(k * one_m * (lse - zy))
-        if cf.ek is not None and zc is not None:
-            dcw = dcw + cf.ek * (jnp.sum(k * lse) - zc)
-        if st.reduction == "mean":  # denominator sum_n present_n w_{y_n}
-            count = jnp.zeros((v,), cdt).at[labels].add(present.astype(cdt))
-            den = jnp.sum(jnp.where(present, cf.w_y, 0))
-            dcw = dcw - safe_divide(value, den) * count
+        dcw = _class_weight_grad(st, cf, labels, present, eps, lse, zy, zc, value, v)
         dcw = dcw.astype(cw.dtype)
+    k = cf.coef
     if want[4] and eps is not None:
-        w_y = 1 if cf.w_y is None else cf.w_y
-        per = -w_y * (lse - zy) + (cf.total_w * lse - sw) / jnp.asarray(v, cdt)
+        nll = lse - zy if cf.w_y is None else cf.w_y * (lse - zy)
+        per = -nll + (cf.total_w * lse - sw) / jnp.asarray(v, cdt)
         d_eps = jnp.sum(k * per).astype(eps.dtype)
     if want[5] and lam is not None:
         d_lam = jnp.sum(k * jnp.square(lse)).astype(lam.dtype)
@@ -302,12 +316,39 @@ def _scalar_fwd(st: Static, hidden, weight, bias, class_weights, eps, lam, label
     return out, res
 
 
+def _class_weight_grad(
+    st: Static,
+    cf: Coefs,
+    labels: Array,
+    present: Array,
+    eps: Array | None,
+    lse: Array,
+    zy: Array,
+    zc: Array | None,
+    value: Array,
+    v: int,
+) -> Array:
+    """``d R / d w`` from the statistics and ``zc = sum_n coef_n z_n``.
+
+    ``d L_n / d w_c = (1 - eps) (lse_n - z_yn) [c = y_n] + eps / V (lse_n - z_nc)``;
+    ``"mean"`` also divides by ``sum_n present_n w_{y_n}`` (quotient rule).
+    """
+    k, cdt = cf.coef, lse.dtype
+    one_m = jnp.ones((), cdt) if eps is None else 1 - eps
+    dcw = jnp.zeros((v,), cdt).at[labels].add(k * one_m * (lse - zy))
+    if cf.ek is not None and zc is not None:
+        dcw = dcw + cf.ek * (jnp.sum(k * lse) - zc)
+    if st.reduction == "mean" and cf.w_y is not None:
+        count = jnp.zeros((v,), cdt).at[labels].add(present.astype(cdt))
+        den = jnp.sum(jnp.where(present, cf.w_y, jnp.zeros((), cdt)))
+        dcw = dcw - safe_divide(value, den) * count
+    return dcw
+
+
 def _scalar_bwd(st: Static, res, ct):
     if isinstance(ct, SymbolicZero):
         return (None,) * len(res) + (None, None)
-    grads = tuple(
-        None if r is None else (ct.astype(r.dtype) * r) for r in res
-    )
+    grads = tuple(None if r is None else (ct.astype(r.dtype) * r) for r in res)
     return grads + (None, None)
 
 
@@ -318,12 +359,12 @@ def token_path_loss(p, *, label_smoothing, z_loss, reduction: str) -> Array:
     """`scalar_loss` for a ``jaxce._fused.Prepared`` (scalar reductions only)."""
     st = Static(
         softcap=p.softcap, chunk_size=p.chunk_size, token_chunk=p.token_chunk,
-        token_path_chunk=token_chunk_for(*p.labels.shape, p.weight.shape[0]),
+        token_path_chunk=token_chunk_for(p.labels.shape[0], p.weight.shape[0]),
         need_sum=p.need_sum, reduction=reduction,
     )  # fmt: skip
     eps = jnp.asarray(label_smoothing, p.dtype) if p.need_sum else None
     static_zero = isinstance(z_loss, (int, float)) and z_loss == 0
     lam = None if static_zero else jnp.asarray(z_loss, p.dtype)
-    return scalar_loss(
+    return cast(Callable[..., Array], scalar_loss)(
         st, p.hidden, p.weight, p.bias, p.class_weights, eps, lam, p.labels, p.present
     )

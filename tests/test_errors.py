@@ -26,298 +26,107 @@ Y1 = np.array([0, 1, 3], np.int32)
 B1 = np.array([0.0, 1.0, 1.0], np.float32)
 Z1 = np.zeros(3, np.float32)
 
-LOGIT_SOFT = (jaxce.softmax_cross_entropy, (Z2, P2))
-LOGIT_SPARSE = (jaxce.sparse_softmax_cross_entropy, (Z2, Y1))
-PROB_SOFT = (jaxce.categorical_cross_entropy, (P2, P2))
-PROB_SPARSE = (jaxce.sparse_categorical_cross_entropy, (P2, Y1))
-SIGMOID = (jaxce.sigmoid_binary_cross_entropy, (Z1, B1))
-BINARY = (jaxce.binary_cross_entropy, (np.full(3, 0.5, np.float32), B1))
-SIG_FOCAL = (jaxce.sigmoid_focal_loss, (Z1, B1))
-SOFT_FOCAL = (jaxce.softmax_focal_loss, (Z2, Y1))
-ALL = [
-    LOGIT_SOFT,
-    LOGIT_SPARSE,
-    PROB_SOFT,
-    PROB_SPARSE,
-    SIGMOID,
-    BINARY,
-    SIG_FOCAL,
-    SOFT_FOCAL,
+F32 = np.float32
+SOFT = jaxce.softmax_cross_entropy
+SPARSE = jaxce.sparse_softmax_cross_entropy
+CAT = jaxce.categorical_cross_entropy
+SPARSE_CAT = jaxce.sparse_categorical_cross_entropy
+SIGMOID = jaxce.sigmoid_binary_cross_entropy
+BINARY = jaxce.binary_cross_entropy
+SIG_FOCAL = jaxce.sigmoid_focal_loss
+SOFT_FOCAL = jaxce.softmax_focal_loss
+ARGS = {
+    SOFT: (Z2, P2),
+    SPARSE: (Z2, Y1),
+    CAT: (P2, P2),
+    SPARSE_CAT: (P2, Y1),
+    SIGMOID: (Z1, B1),
+    BINARY: (np.full(3, 0.5, F32), B1),
+    SIG_FOCAL: (Z1, B1),
+    SOFT_FOCAL: (Z2, Y1),
+}
+
+# fmt: off
+# (id, function, positional args, keyword args, exception, regex of the message)
+HAND_WRITTEN = [
+    ("sigmoid-shapes", SIGMOID, (Z1, np.zeros(4, F32)), {}, ValueError,
+     r"`logits` and `labels`.*\(3,\) and \(4,\)"),
+    ("binary-shapes", BINARY, (Z1, np.zeros((3, 1), F32)), {}, ValueError,
+     r"`probs` and `labels`.*\(3,\) and \(3, 1\)"),
+    ("softmax-shapes", SOFT, (Z2, np.zeros((3, 5), F32)), {}, ValueError,
+     r"`targets`.*\(3, 5\).*\(3, 4\)"),
+    ("categorical-shapes", CAT, (P2, np.zeros((2, 4), F32)), {}, ValueError,
+     r"`targets`.*\(2, 4\).*\(3, 4\)"),
+    ("sparse-shapes", SPARSE, (Z2, Y1[:2]), {}, ValueError,
+     r"`labels`.*\(3,\).*\(2,\)"),
+    ("sparse-float-labels", SPARSE, (Z2, B1), {}, TypeError,
+     r"`labels`.*integer.*float32"),
+    ("sparse-prob-float-labels", SPARSE_CAT, (P2, B1), {}, TypeError,
+     r"`labels`.*integer.*float32"),
+    ("focal-float-labels", SOFT_FOCAL, (Z2, B1), {}, TypeError,
+     r"`labels`.*integer.*float32"),
+    ("weights-shape", SIGMOID, (Z1, B1), {"weights": np.ones(5, F32)}, ValueError,
+     r"`weights` of shape \(5,\).*\(3,\)"),
+    ("sparse-weights-shape", SPARSE, (Z2, Y1), {"weights": np.ones((3, 4), F32)},
+     ValueError, r"`weights` of shape \(3, 4\).*\(3,\)"),
+    ("pos-weight-shape", SIGMOID, (Z1, B1), {"pos_weight": np.ones(2, F32)},
+     ValueError, r"`pos_weight` of shape \(2,\).*\(3,\)"),
+    ("where-shape", SIGMOID, (Z1, B1), {"where": np.ones(2, bool)}, ValueError,
+     r"`where` of shape \(2,\).*\(3,\)"),
+    ("class-where-shape", SPARSE, (Z2, Y1), {"where": np.ones((2, 4), bool)},
+     ValueError, r"`where` of shape \(2, 4\)"),
+    ("where-dtype", SIGMOID, (Z1, B1), {"where": np.ones(3, F32)}, TypeError,
+     r"`where`.*boolean.*float32"),
+    ("axis-range", SOFT, (Z2, P2), {"axis": 2}, ValueError, r"`axis`=2.*2 dimension"),
+    ("z-loss", SPARSE, (Z2, Y1), {"z_loss": -1.0}, ValueError, r"`z_loss`.*-1.0"),
+    ("focal-alpha-shape", SOFT_FOCAL, (Z2, Y1), {"alpha": np.ones(3, F32)},
+     ValueError, r"`alpha`.*\(4,\).*\(3,\)"),
+    ("focal-alpha-negative", SOFT_FOCAL, (Z2, Y1), {"alpha": -0.5}, ValueError,
+     r"`alpha`.*-0.5"),
+    ("ignore-index-float", SPARSE, (Z2, Y1), {"ignore_index": 1.5}, TypeError,
+     r"(?s)ignore_index.*1\.5"),
+    ("cross-entropy-shapes", jaxce.cross_entropy, (P2, P2[:, :3]), {}, ValueError,
+     r"`p` and `q`.*\(3, 4\) and \(3, 3\)"),
+    ("kl-shapes", jaxce.kl_divergence, (P2, P2[:2]), {}, ValueError, r"`p` and `q`"),
+    ("complex-logits", SIGMOID, (Z1.astype(np.complex64), B1), {}, TypeError,
+     r"`logits`.*complex64"),
+    ("entropy-base", jaxce.entropy, (P2,), {"base": 1}, ValueError, r"`base`.*1"),
 ]
-CATEGORICAL = [LOGIT_SOFT, LOGIT_SPARSE, PROB_SOFT, PROB_SPARSE]
-SMOOTHING = [LOGIT_SOFT, LOGIT_SPARSE, PROB_SOFT, PROB_SPARSE, SIGMOID, BINARY]
-PROBS = [PROB_SOFT, PROB_SPARSE, BINARY]
+# One option, many losses: (option, values, losses, exception, message template)
+SWEEPS = [
+    ("class_weights", (np.ones(3, F32), np.ones(5, F32)),
+     (SOFT, SPARSE, CAT, SPARSE_CAT), ValueError, r"`class_weights`.*\(4,\).*\({n},\)"),
+    ("label_smoothing", (-0.1, 1.0, 1.5),
+     (SOFT, SPARSE, CAT, SPARSE_CAT, SIGMOID, BINARY), ValueError,
+     r"`label_smoothing`.*\[0, 1\).*{v}"),
+    ("reduction", ("avg",), tuple(ARGS), ValueError, r"`reduction`.*'{v}'"),
+    ("eps", (0.0, 0.5, -1e-3, 0.7), (CAT, SPARSE_CAT, BINARY), ValueError,
+     r"`eps`.*\(0, 0.5\).*{v}"),
+    ("base", (0, 1, -2.0), tuple(ARGS), ValueError, r"`base`.*{v}"),
+    ("gamma", (-1.0,), (SIG_FOCAL, SOFT_FOCAL), ValueError, r"`gamma`.*{v}"),
+    ("alpha", (-0.1, 1.5), (SIG_FOCAL,), ValueError, r"`alpha`.*\[0, 1\].*{v}"),
+]
+# fmt: on
 
 
-def _name(case):
-    return case[0].__name__
+def _param(case):
+    name, *rest = case
+    return pytest.param(*rest, id=name)
 
 
-def _cases(cases, *values):
-    return [pytest.param(c, v, id=f"{_name(c)}-{v!r}") for c in cases for v in values]
+def _sweep(option, values, fns, exc, template):
+    return [
+        (f"{f.__name__}-{option}{i}", f, ARGS[f], {option: v}, exc,
+         template.format(v=v, n=np.shape(v)[0] if np.ndim(v) else 0))
+        for f in fns
+        for i, v in enumerate(values)
+    ]  # fmt: skip
 
 
-# (function, positional args, keyword args, exception, regex the message matches)
-BAD = [
-    pytest.param(
-        jaxce.sigmoid_binary_cross_entropy,
-        (Z1, np.zeros(4, np.float32)),
-        {},
-        ValueError,
-        r"`logits` and `labels`.*\(3,\) and \(4,\)",
-        id="sigmoid-shapes",
-    ),
-    pytest.param(
-        jaxce.binary_cross_entropy,
-        (Z1, np.zeros((3, 1), np.float32)),
-        {},
-        ValueError,
-        r"`probs` and `labels`.*\(3,\) and \(3, 1\)",
-        id="binary-shapes",
-    ),
-    pytest.param(
-        jaxce.softmax_cross_entropy,
-        (Z2, np.zeros((3, 5), np.float32)),
-        {},
-        ValueError,
-        r"`targets`.*\(3, 5\).*\(3, 4\)",
-        id="softmax-shapes",
-    ),
-    pytest.param(
-        jaxce.categorical_cross_entropy,
-        (P2, np.zeros((2, 4), np.float32)),
-        {},
-        ValueError,
-        r"`targets`.*\(2, 4\).*\(3, 4\)",
-        id="categorical-shapes",
-    ),
-    pytest.param(
-        jaxce.sparse_softmax_cross_entropy,
-        (Z2, Y1[:2]),
-        {},
-        ValueError,
-        r"`labels`.*\(3,\).*\(2,\)",
-        id="sparse-shapes",
-    ),
-    pytest.param(
-        jaxce.sparse_softmax_cross_entropy,
-        (Z2, B1),
-        {},
-        TypeError,
-        r"`labels`.*integer.*float32",
-        id="sparse-float-labels",
-    ),
-    pytest.param(
-        jaxce.sparse_categorical_cross_entropy,
-        (P2, B1),
-        {},
-        TypeError,
-        r"`labels`.*integer.*float32",
-        id="sparse-prob-float-labels",
-    ),
-    pytest.param(
-        jaxce.softmax_focal_loss,
-        (Z2, B1),
-        {},
-        TypeError,
-        r"`labels`.*integer.*float32",
-        id="focal-float-labels",
-    ),
-    pytest.param(
-        jaxce.sigmoid_binary_cross_entropy,
-        (Z1, B1),
-        {"weights": np.ones(5, np.float32)},
-        ValueError,
-        r"`weights` of shape \(5,\).*\(3,\)",
-        id="weights-shape",
-    ),
-    pytest.param(
-        jaxce.sparse_softmax_cross_entropy,
-        (Z2, Y1),
-        {"weights": np.ones((3, 4), np.float32)},
-        ValueError,
-        r"`weights` of shape \(3, 4\).*\(3,\)",
-        id="sparse-weights-shape",
-    ),
-    pytest.param(
-        jaxce.sigmoid_binary_cross_entropy,
-        (Z1, B1),
-        {"pos_weight": np.ones(2, np.float32)},
-        ValueError,
-        r"`pos_weight` of shape \(2,\).*\(3,\)",
-        id="pos-weight-shape",
-    ),
-    pytest.param(
-        jaxce.sigmoid_binary_cross_entropy,
-        (Z1, B1),
-        {"where": np.ones(2, bool)},
-        ValueError,
-        r"`where` of shape \(2,\).*\(3,\)",
-        id="where-shape",
-    ),
-    pytest.param(
-        jaxce.sparse_softmax_cross_entropy,
-        (Z2, Y1),
-        {"where": np.ones((2, 4), bool)},
-        ValueError,
-        r"`where` of shape \(2, 4\)",
-        id="class-where-shape",
-    ),
-    pytest.param(
-        jaxce.sigmoid_binary_cross_entropy,
-        (Z1, B1),
-        {"where": np.ones(3, np.float32)},
-        TypeError,
-        r"`where`.*boolean.*float32",
-        id="where-dtype",
-    ),
-    pytest.param(
-        jaxce.softmax_cross_entropy,
-        (Z2, P2),
-        {"axis": 2},
-        ValueError,
-        r"`axis`=2.*2 dimension",
-        id="axis-range",
-    ),
-    pytest.param(
-        jaxce.sparse_softmax_cross_entropy,
-        (Z2, Y1),
-        {"z_loss": -1.0},
-        ValueError,
-        r"`z_loss`.*-1.0",
-        id="z-loss",
-    ),
-    pytest.param(
-        jaxce.softmax_focal_loss,
-        (Z2, Y1),
-        {"alpha": np.ones(3, np.float32)},
-        ValueError,
-        r"`alpha`.*\(4,\).*\(3,\)",
-        id="focal-alpha-shape",
-    ),
-    pytest.param(
-        jaxce.softmax_focal_loss,
-        (Z2, Y1),
-        {"alpha": -0.5},
-        ValueError,
-        r"`alpha`.*-0.5",
-        id="focal-alpha-negative",
-    ),
-    pytest.param(
-        jaxce.sparse_softmax_cross_entropy,
-        (Z2, Y1),
-        {"ignore_index": 1.5},
-        TypeError,
-        r"(?s)ignore_index.*1\.5",
-        id="ignore-index-float",
-    ),
-    pytest.param(
-        jaxce.cross_entropy,
-        (P2, P2[:, :3]),
-        {},
-        ValueError,
-        r"`p` and `q`.*\(3, 4\) and \(3, 3\)",
-        id="cross-entropy-shapes",
-    ),
-    pytest.param(
-        jaxce.kl_divergence,
-        (P2, P2[:2]),
-        {},
-        ValueError,
-        r"`p` and `q`",
-        id="kl-shapes",
-    ),
-    pytest.param(
-        jaxce.sigmoid_binary_cross_entropy,
-        (Z1.astype(np.complex64), B1),
-        {},
-        TypeError,
-        r"`logits`.*complex64",
-        id="complex-logits",
-    ),
-]
-# Under jit: the hand-written cases and the first of each generated group.
-BAD_JIT = list(BAD)
-_group1 = [
-    pytest.param(
-        f,
-        args,
-        {"class_weights": np.ones(k, np.float32)},
-        ValueError,
-        rf"`class_weights`.*\(4,\).*\({k},\)",
-        id=f"{f.__name__}-cw{k}",
-    )
-    for f, args in CATEGORICAL
-    for k in (3, 5)
-]
-_group2 = [
-    pytest.param(
-        f,
-        args,
-        {"label_smoothing": v},
-        ValueError,
-        rf"`label_smoothing`.*\[0, 1\).*{v}",
-        id=f"{f.__name__}-ls{v}",
-    )
-    for f, args in SMOOTHING
-    for v in (-0.1, 1.0, 1.5)
-]
-_group3 = [
-    pytest.param(
-        f,
-        args,
-        {"reduction": "avg"},
-        ValueError,
-        r"`reduction`.*'avg'",
-        id=f"{f.__name__}-reduction",
-    )
-    for f, args in ALL
-]
-_group4 = [
-    pytest.param(
-        f,
-        args,
-        {"eps": v},
-        ValueError,
-        rf"`eps`.*\(0, 0.5\).*{v}",
-        id=f"{f.__name__}-eps{v}",
-    )
-    for f, args in PROBS
-    for v in (0.0, 0.5, -1e-3, 0.7)
-]
-_group5 = [
-    pytest.param(
-        f, args, {"base": v}, ValueError, rf"`base`.*{v}", id=f"{f.__name__}-base{v}"
-    )
-    for f, args in ALL
-    for v in (0, 1, -2.0)
-]
-_group6 = [
-    pytest.param(
-        jaxce.entropy, (P2,), {"base": 1}, ValueError, r"`base`.*1", id="entropy-base"
-    ),
-]
-_group7 = [
-    pytest.param(
-        f, args, {"gamma": -1.0}, ValueError, r"`gamma`.*-1.0", id=f"{f.__name__}-gamma"
-    )
-    for f, args in (SIG_FOCAL, SOFT_FOCAL)
-]
-_group8 = [
-    pytest.param(
-        jaxce.sigmoid_focal_loss,
-        (Z1, B1),
-        {"alpha": v},
-        ValueError,
-        rf"`alpha`.*\[0, 1\].*{v}",
-        id=f"sigmoid-focal-alpha{v}",
-    )
-    for v in (-0.1, 1.5)
-]
-
-GROUPS = [_group1, _group2, _group3, _group4, _group5, _group6, _group7, _group8]
-BAD += [case for group in GROUPS for case in group]
-BAD_JIT += [group[0] for group in GROUPS]
+SWEPT = [_sweep(*sweep) for sweep in SWEEPS]
+BAD = [_param(c) for c in HAND_WRITTEN + [case for s in SWEPT for case in s]]
+# Under jit: the hand-written cases and the first of each sweep.
+BAD_JIT = [_param(c) for c in HAND_WRITTEN + [s[0] for s in SWEPT]]
 
 
 @pytest.mark.parametrize("fn, args, kwargs, exc, match", BAD)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import jaxce
+import jaxce._fused_tokens as fused_tokens
 from jaxce._fused import fused_stats
 from tests.helpers import assert_tree_allclose
 
@@ -150,6 +151,57 @@ def test_token_blocks_and_class_weight_grads(token_chunk):
     assert_tree_allclose(got, want, rtol=2e-5, atol=2e-5)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "sum_over_batch_size"])
+@pytest.mark.parametrize("case", ["plain", "class_weights", "all"])
+def test_token_path_ragged_chunks(reduction, case, monkeypatch):
+    """Scalar reductions (gradients in the forward) with ragged token chunks.
+
+    37 tokens in chunks of 10 (the last one overlaps) and V = 300 in slices of 64
+    (ragged); gradients w.r.t. every differentiable input, the hyperparameters
+    included, and the value of the plain (non-differentiated) call.
+    """
+    monkeypatch.setattr(fused_tokens, "TOKEN_BLOCK_ELEMENTS", 10 * V)
+    assert fused_tokens.token_chunk_for(N, V) == 10
+    h, w, b, y, cw, where = _data(seed=7)
+    opts = {**_options(case, cw, where), "reduction": reduction}
+    if "ignore_index" not in opts:
+        y = jnp.abs(y) % V
+    use_bias = opts.pop("bias", False)
+
+    def loss(fn, h, w, b, cw, eps, lam):
+        kw = dict(opts)
+        for name, value in [
+            ("class_weights", cw), ("label_smoothing", eps), ("z_loss", lam)
+        ]:  # fmt: skip
+            if name in kw:
+                kw[name] = value
+        return fn(h, w, y, bias=b if use_bias else None, **kw)
+
+    fused = lambda *a, **k: jaxce.linear_softmax_cross_entropy(  # noqa: E731
+        *a, chunk_size=CHUNK, **k
+    )
+    args = (h, w, b, cw, jnp.float32(0.1), jnp.float32(1e-3))
+    argnums = (0, 1, 2, 3, 4, 5)
+    got = jax.value_and_grad(lambda *a: loss(fused, *a), argnums)(*args)
+    want = jax.value_and_grad(lambda *a: loss(_unfused, *a), argnums)(*args)
+    assert_tree_allclose(got, want, **TOL)
+    np.testing.assert_allclose(loss(fused, *args), want[0], **TOL)
+    # Inputs that do not reach the loss get exact zeros.
+    for i, used in [(2, use_bias), (3, "class_weights" in opts)]:
+        if not used:
+            assert not np.any(np.asarray(got[1][i]))
+
+
+def test_token_chunk_for():
+    for n, v, budget in [(37, 300, 3000), (37, 300, 1 << 24), (4097, 4096, 1 << 22),
+                         (5, 10**6, 1000), (2048, 32768, 1 << 24)]:  # fmt: skip
+        t = fused_tokens.token_chunk_for(n, v, budget)
+        assert 1 <= t <= n
+        assert t * v <= budget or t == 1
+        # as few chunks as the budget allows
+        assert -(-n // t) == -(-n // max(1, min(n, budget // v)))
+
+
 def test_class_weight_gradient_public():
     h, w, b, y, cw, _ = _data(seed=4)
     y = jnp.abs(y) % V
@@ -194,15 +246,18 @@ def test_vmap_over_sequences():
     assert_tree_allclose(got, jax.tree.map(lambda *x: jnp.stack(x), *want), **TOL)
 
 
-def test_bfloat16_matches_float32_reference():
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_bfloat16_matches_float32_reference(reduction):
     h, w, b, y, cw, _ = _data(seed=5)
     y = jnp.abs(y) % V
     hb, wb, bb = (x.astype(jnp.bfloat16) for x in (h, w, b))
-    opts = dict(label_smoothing=0.1, z_loss=1e-3, softcap=5.0)
+    opts = dict(label_smoothing=0.1, z_loss=1e-3, softcap=5.0, reduction=reduction)
 
     def fused(h, w, b):
-        return jaxce.linear_softmax_cross_entropy(
-            h, w, y, bias=b, chunk_size=CHUNK, **opts
+        return jnp.sum(
+            jaxce.linear_softmax_cross_entropy(
+                h, w, y, bias=b, chunk_size=CHUNK, **opts
+            )
         )
 
     val, grads = jax.value_and_grad(fused, argnums=(0, 1, 2))(hb, wb, bb)
@@ -211,7 +266,7 @@ def test_bfloat16_matches_float32_reference():
     # float32 reference on the same (bf16-rounded) inputs.
     up = [x.astype(jnp.float32) for x in (hb, wb, bb)]
     ref_val, ref_grads = jax.value_and_grad(
-        lambda h, w, b: _unfused(h, w, y, bias=b, **opts), argnums=(0, 1, 2)
+        lambda h, w, b: jnp.sum(_unfused(h, w, y, bias=b, **opts)), argnums=(0, 1, 2)
     )(*up)
     np.testing.assert_allclose(float(val), float(ref_val), rtol=1e-2)
     for g, r in zip(grads, ref_grads):
@@ -263,8 +318,10 @@ def _temp_bytes(fn, n, d, v):
     return compiled.memory_analysis().temp_size_in_bytes
 
 
-def test_memory_independent_of_vocabulary():
+def test_memory_independent_of_vocabulary(monkeypatch):
     n, d, c = 512, 64, 512
+    # Token path: (token_chunk, V) logits blocks of at most n * c elements.
+    monkeypatch.setattr(jaxce._fused_tokens, "TOKEN_BLOCK_ELEMENTS", n * c)
     fused = lambda h, w, y: jaxce.linear_softmax_cross_entropy(h, w, y, chunk_size=c)  # noqa: E731
     unfused = lambda h, w, y: _unfused(h, w, y)  # noqa: E731
     f_small, f_big = _temp_bytes(fused, n, d, 4096), _temp_bytes(fused, n, d, 16384)

@@ -299,19 +299,34 @@ def test_zero_weights_are_zero_not_nan():
 def test_jax_transformations(name):
     f, make = LOSSES[name]
     x = jnp.asarray(make((3, 4)))
-    value, grad = jax.value_and_grad(f)(x)  # eager
-    h.assert_tree_allclose(jax.jit(f)(x), value)
-    # vmap over a leading batch of inputs equals one call per input
     xs = jnp.stack([x, x * 0.5 + 0.1, x[::-1]])
-    jf = jax.jit(f)
-    h.assert_tree_allclose(jax.jit(jax.vmap(f))(xs), jnp.stack([jf(v) for v in xs]))
-    h.assert_tree_allclose(jax.jit(jax.grad(f))(x), grad)
-    h.assert_tree_allclose(jax.jit(jax.jacfwd(f))(x), grad, rtol=1e-4, atol=1e-6)
-    hess = jax.jit(jax.hessian(f))(x)
+    value, grad = jax.value_and_grad(f)(x)  # eager
+
+    @jax.jit  # one compilation for every transformation
+    def transformed(x, xs):
+        return (
+            f(x),
+            jax.vmap(f)(xs),
+            jax.grad(f)(x),
+            jax.jacfwd(f)(x),
+            jax.hessian(f)(x),
+        )
+
+    jit_value, vmapped, jit_grad, fwd_grad, hess = transformed(x, xs)
+    h.assert_tree_allclose(jit_value, value)
+    h.assert_tree_allclose(vmapped, jnp.stack([f(v) for v in xs]))
+    h.assert_tree_allclose(jit_grad, grad)
+    h.assert_tree_allclose(fwd_grad, grad, rtol=1e-4, atol=1e-6)
     assert hess.shape == x.shape * 2
     h.assert_finite(hess)
     flat = np.asarray(hess).reshape(x.size, x.size)
     np.testing.assert_allclose(flat, flat.T, rtol=1e-4, atol=1e-5)
+    # the Hessian is the derivative of the gradient: a finite-difference check
+    v = jnp.asarray(h.rng(34).standard_normal(x.shape), jnp.float32)
+    g = jax.grad(f)
+    fd = (g(x + 1e-2 * v) - g(x - 1e-2 * v)) / 2e-2
+    hv = np.tensordot(np.asarray(hess), np.asarray(v), axes=2)
+    np.testing.assert_allclose(hv, np.asarray(fd), rtol=2e-2, atol=2e-3)
 
 
 @pytest.mark.parametrize("name", list(LOSSES))

@@ -105,6 +105,10 @@ def test_binary_crossentropy(from_logits, smoothing, use_sw, reduction):
     elif reduction == "sum":
         got = np.asarray(got) / D
     h.assert_tree_allclose(got, expected)
+    if sw is None and reduction == "sum_over_batch_size":  # and our default, "mean"
+        h.assert_tree_allclose(
+            _jaxce_bce(x, y, from_logits, label_smoothing=smoothing), expected
+        )
 
 
 def test_binary_crossentropy_probabilities_exactly_0_and_1():
