@@ -19,7 +19,7 @@ from ._options import (
     reduce_loss,
     safe_xlogy,
 )
-from ._sigmoid import log_sigmoid_pair, sigmoid_pair
+from ._sigmoid import log_sigmoid_pair
 
 
 def safe_power(x: Array, gamma) -> Array:
@@ -28,6 +28,26 @@ def safe_power(x: Array, gamma) -> Array:
         return jnp.ones_like(x)
     pos = x > 0
     return jnp.where(pos, jnp.exp(gamma * jnp.log(jnp.where(pos, x, 1))), 0)
+
+
+def power_from_log(log_x: Array, gamma) -> Array:
+    """``exp(gamma * log_x)``: ``x ** gamma`` from ``log x`` (``-inf`` gives 0).
+
+    Working from ``log x`` keeps first *and* second derivatives finite when ``x``
+    underflows (saturated logits), where ``x ** gamma`` through ``log(x)`` would
+    divide by ``x**2``.
+    """
+    if is_concrete_number(gamma) and gamma == 0:
+        return jnp.ones_like(log_x)
+    finite = log_x > -jnp.inf
+    safe = jnp.where(finite, log_x, 0)
+    return jnp.where(finite, jnp.exp(gamma * safe), 0)
+
+
+def safe_log(x: Array) -> Array:
+    """``log x`` with ``log 0 = -inf`` and a finite gradient there."""
+    pos = x > 0
+    return jnp.where(pos, jnp.log(jnp.where(pos, x, 1)), -jnp.inf)
 
 
 def check_gamma(gamma) -> None:
@@ -88,10 +108,10 @@ def sigmoid_focal_loss(
         raise ValueError(f"`alpha` must be None or in [0, 1], got {alpha!r}.")
     x, z, y, present, dtype = binary_inputs(logits, labels, "logits", 0.0, where)
     log_p, log_not_p = log_sigmoid_pair(z)
-    p, not_p = sigmoid_pair(z)
     ce = -(safe_xlogy(y, log_p) + safe_xlogy(1 - y, log_not_p))
-    one_minus_pt = y * not_p + (1 - y) * p
-    loss = safe_power(one_minus_pt, gamma) * ce
+    # log(1 - p_t) = log(y sigmoid(-z) + (1 - y) sigmoid(z)), in log space.
+    log_one_minus_pt = jnp.logaddexp(safe_log(y) + log_not_p, safe_log(1 - y) + log_p)
+    loss = power_from_log(log_one_minus_pt, gamma) * ce
     if alpha is not None:
         a = jnp.asarray(alpha, dtype)
         loss = (a * y + (1 - a) * (1 - y)) * loss
@@ -168,7 +188,16 @@ def softmax_focal_loss(
     z = classes.keep(classes.x, -jnp.inf)
     lse = jax.nn.logsumexp(z, axis=-1)
     logp_y = jnp.take_along_axis(z, safe_labels[..., None], axis=-1)[..., 0] - lse
-    loss = -safe_power(-jnp.expm1(logp_y), gamma) * logp_y
+    # log(1 - p_y) = logsumexp over the other classes - lse (no cancellation).
+    is_y = (
+        jax.lax.broadcasted_iota(safe_labels.dtype, z.shape, z.ndim - 1)
+        == safe_labels[..., None]
+    )
+    z_other = jnp.where(is_y, -jnp.inf, z)
+    has_other = jnp.any(z_other > -jnp.inf, axis=-1)
+    z_other = jnp.where(has_other[..., None], z_other, jnp.zeros((), dtype))
+    log_rest = jnp.where(has_other, jax.nn.logsumexp(z_other, axis=-1) - lse, -jnp.inf)
+    loss = -power_from_log(log_rest, gamma) * logp_y
     if alpha is not None:
         a = jnp.asarray(alpha)
         if a.ndim == 0:

@@ -344,3 +344,15 @@ def test_float64_and_gradients_under_x64(name):
         eps = 1e-6
         fd = (jf(x + eps * v) - jf(x - eps * v)) / (2 * eps)
         np.testing.assert_allclose(float(jnp.vdot(grad, v)), float(fd), rtol=1e-6)
+
+
+@pytest.mark.parametrize("z", [-50.0, 50.0, -1e4, 1e4])
+def test_focal_hessian_finite_at_saturated_logits(z):
+    # (1 - p_t)**gamma is formed from log(1 - p_t): no 1/x**2 overflow when p_t ~ 1.
+    logits = jnp.array([z, -z])
+    labels = jnp.array([1.0 if z > 0 else 0.0, 0.0 if z > 0 else 1.0])
+    h = jax.hessian(lambda t: jaxce.sigmoid_focal_loss(t, labels))(logits)
+    assert bool(jnp.all(jnp.isfinite(h)))
+    rows = jnp.array([[z, 0.0, -z], [z, -jnp.inf, 0.0]])
+    h = jax.hessian(lambda t: jaxce.softmax_focal_loss(t, jnp.array([0, 0])))(rows)
+    assert bool(jnp.all(jnp.isfinite(h)))
