@@ -13,6 +13,10 @@ Measures, in one run:
    V=32768 and at N=16384, D=2048, V=262144;
 3. memory and time against V (a PNG in benchmarks/out/).
 
+The fused value-and-grad (``reduction="mean"``) takes the token-chunked path
+that computes the gradients in the forward rule (three matmuls); the forward-only
+call takes the one-matmul statistics pass.
+
 Timings: warm-up first, ``block_until_ready``, minimum of the repeats, the
 compared functions interleaved round by round (a shared machine's bursts hit
 both alike).

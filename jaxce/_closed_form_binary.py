@@ -16,6 +16,7 @@ from ._options import (
     Reduction,
     ScalarLike,
     broadcast_to_elements,
+    clip_bounds,
     resolve_eps,
 )
 
@@ -110,9 +111,9 @@ def binary_cross_entropy(
     x, p, y, present, dtype = binary_inputs(
         probs, labels, "probs", label_smoothing, where
     )
-    e = resolve_eps(eps, dtype)
-    pc = p.clip(e, 1 - e)
-    grad = ((1 - y) / (1 - pc) - y / pc) * clip_derivative(p, e, 1 - e)
+    lo, hi = clip_bounds(resolve_eps(eps, dtype), dtype)
+    pc = p.clip(lo, hi)
+    grad = ((1 - y) / (1 - pc) - y / pc) * clip_derivative(p, lo, hi)
     coef = reduction_coefficients(
         present, weights=weights, reduction=reduction, base=base, dtype=dtype
     )
