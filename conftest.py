@@ -1,3 +1,5 @@
+"""Repository-wide pytest settings: they apply to tests/ and to the doctests in jaxce/."""
+
 import os
 
 # Keras must use the JAX backend (TensorFlow is not installed); set it before

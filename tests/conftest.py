@@ -1,15 +1,11 @@
-import os
+"""Test configuration.
 
-# Keras must use the JAX backend (TensorFlow is not installed); set it before
-# anything imports keras.
-os.environ.setdefault("KERAS_BACKEND", "jax")
+The settings every test runs under (KERAS_BACKEND=jax, strict dtype promotion,
+rank promotion raises, print options for doctests) live in the repository's root
+``conftest.py`` so that the doctests in ``jaxce/`` get them too; pytest loads it
+before this file.
+"""
 
-import jax  # noqa: E402
-
-jax.config.update("jax_numpy_dtype_promotion", "strict")
-jax.config.update("jax_numpy_rank_promotion", "raise")
-
-import numpy as np  # noqa: E402
-
-# Doctest output: fixed 5 decimals, so arrays print without alignment padding.
-np.set_printoptions(precision=5, floatmode="fixed", suppress=True)
+# Helper scripts run as subprocesses (with their own argv and XLA_FLAGS), not
+# collected as test modules.
+collect_ignore = ["distributed"]
