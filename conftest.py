@@ -1,4 +1,4 @@
-"""Repository-wide pytest settings: they apply to tests/ and to the doctests in jaxce/."""
+"""Repository-wide pytest settings, for tests/ and the doctests in jaxce/."""
 
 import os
 

@@ -109,8 +109,13 @@ def sigmoid_focal_loss(
     x, z, y, present, dtype = binary_inputs(logits, labels, "logits", 0.0, where)
     log_p, log_not_p = log_sigmoid_pair(z)
     ce = -(safe_xlogy(y, log_p) + safe_xlogy(1 - y, log_not_p))
-    # log(1 - p_t) = log(y sigmoid(-z) + (1 - y) sigmoid(z)), in log space.
-    log_one_minus_pt = jnp.logaddexp(safe_log(y) + log_not_p, safe_log(1 - y) + log_p)
+    # log(1 - p_t) = log(y sigmoid(-z) + (1 - y) sigmoid(z)), in log space. The
+    # terms are floored at -1e30 (not -inf) so logaddexp's gradient stays finite.
+    floor = jnp.asarray(-1e30, dtype)
+    log_one_minus_pt = jnp.logaddexp(
+        jnp.maximum(safe_log(y) + log_not_p, floor),
+        jnp.maximum(safe_log(1 - y) + log_p, floor),
+    )
     loss = power_from_log(log_one_minus_pt, gamma) * ce
     if alpha is not None:
         a = jnp.asarray(alpha, dtype)
