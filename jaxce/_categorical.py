@@ -12,7 +12,10 @@ which is PyTorch's weighted-mean denominator.
 
 from __future__ import annotations
 
+import numbers
+
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array
 
 from ._options import (
@@ -51,6 +54,7 @@ class Classes:
         else:
             self.count = None
         self.class_mask = class_mask
+        self.bad_label = None
         self.dtype = dtype
 
     def k(self) -> Array | int:
@@ -58,6 +62,17 @@ class Classes:
         return self.num_classes if self.count is None else self.count
 
     def check_targets(self, targets: Array, name: str = "targets") -> Array:
+        if targets.ndim != self.x.ndim:
+            hint = (
+                " For integer class labels use the sparse_* loss."
+                if targets.ndim == self.x.ndim - 1
+                else ""
+            )
+            raise ValueError(
+                f"`{name}` must have the shape of the input "
+                f"{jnp.moveaxis(self.x, -1, self.axis).shape}, got {targets.shape}."
+                + hint
+            )
         t = jnp.moveaxis(targets, self.axis, -1)
         if t.shape != self.x.shape:
             raise ValueError(
@@ -66,7 +81,9 @@ class Classes:
             )
         return t.astype(self.dtype)
 
-    def check_labels(self, labels: Array, ignore_index: int | None) -> Array:
+    def check_labels(
+        self, labels: Array, ignore_index: int | np.integer | None
+    ) -> Array:
         check_integer_labels(labels)
         if labels.shape != self.element_shape:
             raise ValueError(
@@ -74,10 +91,29 @@ class Classes:
                 f"{self.element_shape}, got {labels.shape}."
             )
         if ignore_index is not None:
-            if not isinstance(ignore_index, int):
+            if not isinstance(ignore_index, numbers.Integral) or isinstance(
+                ignore_index, bool
+            ):
                 raise TypeError(f"`ignore_index` must be an int, got {ignore_index!r}.")
-            self.present = self.present & (labels != ignore_index)
-        return jnp.where(self.present, labels, 0)
+            self.present = self.present & (labels != int(ignore_index))
+        in_range = (labels >= 0) & (labels < self.num_classes)
+        self.bad_label = self.present & ~in_range
+        return jnp.where(self.present & in_range, labels, 0)
+
+    def poison_bad_labels(self, values: Array) -> Array:
+        """NaN where a present label is outside ``[0, K)``: never a wrapped class.
+
+        Multiplying (rather than selecting) makes the value *and* the gradient of
+        such an element NaN, in autodiff and in the closed forms alike. Use
+        `jaxce.validate` for a clear error instead.
+        """
+        if self.bad_label is None:
+            return values
+        bad = self.bad_label
+        while bad.ndim < values.ndim:
+            bad = bad[..., None]
+        nan = jnp.asarray(jnp.nan, values.dtype)
+        return values * jnp.where(bad, nan, jnp.ones((), values.dtype))
 
     def class_weights(self, class_weights) -> Array | None:
         return check_class_weights(class_weights, self.num_classes, self.dtype)

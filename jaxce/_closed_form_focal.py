@@ -21,6 +21,7 @@ from ._options import (
     ScalarLike,
     as_float_input,
     check_nonneg,
+    check_range,
     compute_dtype,
     is_concrete_number,
     safe_xlogy,
@@ -73,8 +74,7 @@ def sigmoid_focal_loss(
         [-0.00487  0.05258 -0.29829]
     """
     check_gamma(gamma)
-    if is_concrete_number(alpha) and not 0 <= alpha <= 1:  # type: ignore[operator]
-        raise ValueError(f"`alpha` must be None or in [0, 1], got {alpha!r}.")
+    check_range(alpha, "alpha", 0.0, 1.0)
     x, z, y, present, dtype = binary_inputs(logits, labels, "logits", 0.0, where)
     s, sn = jax.nn.sigmoid(z), jax.nn.sigmoid(-z)
     ce = -(

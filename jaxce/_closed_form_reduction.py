@@ -66,7 +66,11 @@ def finish_elementwise(grad: Array, coef: Array, present: Array, out_dtype) -> A
 
 
 def finish_classes(grad: Array, coef: Array, classes: Classes, out_dtype) -> Array:
-    """``c_n * dL_n/dx_nc`` with the class axis put back; 0 in absent rows."""
+    """``c_n * dL_n/dx_nc`` with the class axis put back; 0 in absent rows.
+
+    Rows whose label is outside ``[0, K)`` are NaN, as in autodiff of the loss.
+    """
+    grad = classes.poison_bad_labels(grad)
     out = jnp.where(
         classes.present[..., None], coef[..., None] * grad, jnp.zeros((), grad.dtype)
     )

@@ -40,6 +40,22 @@ def check_steps(steps: int, batch_size: int | None, log_every: int | None, n: in
         raise ValueError(f"`log_every` must be None or an int > 0, got {log_every!r}.")
 
 
+def _drop_off_grid_end(
+    saved: dict[str, np.ndarray], start: int, steps: int, log_every: int
+) -> dict[str, np.ndarray]:
+    """Drop the saved log entry of the previous call's last step when it is off-grid.
+
+    A call logs the multiples of ``log_every`` and its own last step. When a later
+    call goes on past that step, an off-grid entry there would not exist in an
+    uninterrupted run, so it is removed: the logged steps then depend only on the
+    total ``steps`` (and ``log_every``), not on where the run was interrupted.
+    """
+    if start >= steps or start % log_every == 0:
+        return saved
+    keep = np.asarray(saved["step"]) != start
+    return {k: v if k == "loss" else np.asarray(v)[keep] for k, v in saved.items()}
+
+
 def _key_data(key: Any) -> list[int]:
     if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.key_data(key)
@@ -192,7 +208,10 @@ def fit(
         batch_axis: mesh axis the batch is split over (default: the first).
         log_every: steps per compiled chunk and between logged metrics
             (default 100). Logged steps are the multiples of ``log_every`` and
-            the last step.
+            the last step, ``steps``. A resumed call drops the saved entry of the
+            previous call's last step unless it is a multiple of ``log_every``,
+            so e.g. 70 + 130 steps with ``log_every=40`` log steps 40, 80, ...,
+            160, 200, exactly like 200 steps in one call.
 
     Returns:
         ``(model, history)``: the trained model, and a dict of NumPy arrays:
@@ -260,7 +279,10 @@ def fit(
                     f"{sorted(saved)}, this run logs {sorted(parts)} "
                     "(pass the same `eval_data`)."
                 )
-            parts = {k: [v] for k, v in saved.items()}
+            parts = {
+                k: [v]
+                for k, v in _drop_off_grid_end(saved, start, steps, log_every).items()
+            }
 
     stops = _train.chunk_bounds(
         start, steps, [log_every] + ([checkpoint_every] if checkpoint_every else [])

@@ -14,6 +14,7 @@ from ._options import (
     ScalarLike,
     as_float_input,
     check_nonneg,
+    check_range,
     compute_dtype,
     is_concrete_number,
     reduce_loss,
@@ -104,8 +105,7 @@ def sigmoid_focal_loss(
         https://arxiv.org/abs/1708.02002.
     """
     check_gamma(gamma)
-    if is_concrete_number(alpha) and not 0 <= alpha <= 1:  # type: ignore[operator]
-        raise ValueError(f"`alpha` must be None or in [0, 1], got {alpha!r}.")
+    check_range(alpha, "alpha", 0.0, 1.0)
     x, z, y, present, dtype = binary_inputs(logits, labels, "logits", 0.0, where)
     log_p, log_not_p = log_sigmoid_pair(z)
     ce = -(safe_xlogy(y, log_p) + safe_xlogy(1 - y, log_not_p))
@@ -153,7 +153,9 @@ def softmax_focal_loss(
     ``(classes,)`` array of per-class $\alpha_c$, or ``None`` (1).
     ``gamma=0, alpha=None`` is `sparse_softmax_cross_entropy`. ``reduction="mean"``
     divides by the sum of ``weights`` over present elements. Keras is
-    ``reduction="sum_over_batch_size"``.
+    ``reduction="sum_over_batch_size"``. $(1 - p_y)^\gamma$ is formed from
+    $\log(1 - p_y)$ (a logsumexp over the other classes), so gradients and Hessians
+    stay finite at saturated logits. A present label outside ``[0, K)`` gives NaN.
 
     Args:
         logits: unnormalised scores, classes along ``axis``.
@@ -204,9 +206,9 @@ def softmax_focal_loss(
     log_rest = jnp.where(has_other, jax.nn.logsumexp(z_other, axis=-1) - lse, -jnp.inf)
     loss = -power_from_log(log_rest, gamma) * logp_y
     if alpha is not None:
+        check_nonneg(alpha, "alpha")
         a = jnp.asarray(alpha)
         if a.ndim == 0:
-            check_nonneg(alpha, "alpha")
             loss = loss * a.astype(dtype)
         else:
             a = classes.class_weights(a) if a.shape == (classes.num_classes,) else None
@@ -216,6 +218,7 @@ def softmax_focal_loss(
                     f"got {jnp.shape(alpha)}."
                 )
             loss = loss * a[safe_labels]
+    loss = classes.poison_bad_labels(loss)
     return reduce_loss(
         loss,
         present=classes.present,

@@ -162,8 +162,10 @@ def perplexity(
         >>> print(jaxce.perplexity(jnp.zeros((2, 4)), jnp.array([1, 3])))
         4.0
     """
+    logits = as_float_input(logits, "logits")
+    # Computed in (at least) float32 and rounded once: exp would amplify a bf16 NLL.
     nll = sparse_softmax_cross_entropy(
-        logits,
+        logits.astype(compute_dtype(logits.dtype)),
         labels,
         axis=axis,
         weights=weights,
@@ -171,4 +173,4 @@ def perplexity(
         where=where,
         reduction="mean",
     )
-    return jnp.exp(nll)
+    return jnp.exp(nll).astype(logits.dtype)

@@ -12,12 +12,14 @@ import math
 import numbers
 from typing import Literal, TypeGuard
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike
 
 Number = int | float
 """A Python number known at trace time (``base``, ``eps``)."""
-ScalarLike = int | float | Array
+ScalarLike = int | float | np.floating | Array
 """A hyperparameter that may also be a traced scalar (``label_smoothing``, ...)."""
 Reduction = Literal["none", "sum", "mean", "sum_over_batch_size"]
 REDUCTIONS = ("none", "sum", "mean", "sum_over_batch_size")
@@ -26,6 +28,29 @@ REDUCTIONS = ("none", "sum", "mean", "sum_over_batch_size")
 def is_concrete_number(x: object) -> TypeGuard[float]:
     """True for real Python / NumPy scalars (values known at trace time)."""
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def concrete_values(x: object) -> np.ndarray | None:
+    """The value of a hyperparameter known at trace time, or None if traced."""
+    if x is None or isinstance(x, jax.core.Tracer):
+        return None
+    try:
+        return np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+
+
+def check_range(
+    value: object, name: str, lo: float, hi: float, *, hi_open: bool = False
+) -> None:
+    """Raise if a known (non-traced) ``value`` has an element outside [lo, hi]."""
+    v = concrete_values(value)
+    if v is None:
+        return
+    bad = (v < lo) | (v >= hi if hi_open else v > hi) | np.isnan(v)
+    if np.any(bad):
+        right = ")" if hi_open else "]"
+        raise ValueError(f"`{name}` must be in [{lo}, {hi}{right}, got {value!r}.")
 
 
 def compute_dtype(*dtypes) -> jnp.dtype:
@@ -54,10 +79,7 @@ def check_reduction(reduction: str) -> None:
 
 
 def check_label_smoothing(label_smoothing: float | ArrayLike) -> None:
-    if is_concrete_number(label_smoothing) and not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(
-            f"`label_smoothing` must be in [0, 1), got {label_smoothing!r}."
-        )
+    check_range(label_smoothing, "label_smoothing", 0.0, 1.0, hi_open=True)
 
 
 def check_base(base: Number | None) -> None:
@@ -68,7 +90,8 @@ def check_base(base: Number | None) -> None:
 
 
 def check_nonneg(value: float | ArrayLike, name: str) -> None:
-    if is_concrete_number(value) and value < 0:
+    v = concrete_values(value)
+    if v is not None and np.any((v < 0) | np.isnan(v)):
         raise ValueError(f"`{name}` must be >= 0, got {value!r}.")
 
 
@@ -175,8 +198,9 @@ def split_where(where, logits_ndim: int, axis: int):
 
 def safe_xlogy(t: Array, logp: Array) -> Array:
     """``t * logp`` with ``0 * log 0 = 0`` and finite gradients where ``t == 0``."""
-    zero = t == 0
-    return jnp.where(zero, 0.0, t * jnp.where(zero, 0.0, logp))
+    # One select suffices: where t == 0 the product is 0 * 0, and neither operand's
+    # cotangent involves the (possibly infinite) logp.
+    return t * jnp.where(t == 0, jnp.zeros((), logp.dtype), logp)
 
 
 def log_base_factor(base: Number | None) -> float:

@@ -126,6 +126,8 @@ def sparse_categorical_cross_entropy(
 
     ``reduction="mean"`` divides by ``sum(weights * w_y)`` over present elements
     (scikit-learn ``log_loss`` with ``sample_weight``; PyTorch ``nll_loss``).
+    A present label outside ``[0, K)`` makes that element's loss NaN (never a
+    wrapped class); `jaxce.validate` turns it into an error.
     Keras ``SparseCategoricalCrossentropy(ignore_class=k)`` is
     ``ignore_index=k, eps=1e-7, reduction="sum_over_batch_size"``.
 
@@ -174,6 +176,7 @@ def sparse_categorical_cross_entropy(
     loss, denom = sparse_loss(
         logp_y, sum_logp, cw, safe_labels, label_smoothing, classes
     )
+    loss = classes.poison_bad_labels(loss)
     return reduce_loss(
         loss,
         present=classes.present,

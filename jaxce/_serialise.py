@@ -94,6 +94,26 @@ def load(path: str | os.PathLike, like: eqx.Module | type) -> Any:
     Raises:
         ValueError: the file is not a jaxce model file, or its class,
             hyperparameters or leaf shapes differ from ``like``.
+
+    Examples:
+        >>> import os, tempfile, jax, jax.numpy as jnp, jaxce
+        >>> model = jaxce.models.SoftmaxRegression(2, 3, key=jax.random.key(0))
+        >>> model = jax.tree.map(lambda a: jnp.arange(a.size, dtype=a.dtype)
+        ...                      .reshape(a.shape), model)
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = os.path.join(tmp, "softmax.eqx")
+        ...     jaxce.save(path, model)
+        ...     back = jaxce.load(path, jaxce.models.SoftmaxRegression)
+        ...     like = jaxce.load(path, jaxce.models.SoftmaxRegression(
+        ...         2, 3, key=jax.random.key(1)))
+        >>> print(type(back).__name__, back.num_classes, back.in_features)
+        SoftmaxRegression 3 2
+        >>> print(back.weight, back.bias)
+        [[0.00000 1.00000]
+         [2.00000 3.00000]
+         [4.00000 5.00000]] [0.00000 1.00000 2.00000]
+        >>> print(bool((like.weight == model.weight).all()))
+        True
     """
     with open(path, "rb") as f:
         line = f.readline()

@@ -134,6 +134,10 @@ def sparse_softmax_cross_entropy(
     or that ``where`` masks are absent: 0 in ``"none"``, left out of every
     denominator; if none is present the loss is 0 with zero gradient.
 
+    A present label outside ``[0, K)`` makes that element's loss (and gradient)
+    NaN rather than picking a wrapped class; `jaxce.validate` turns it into an
+    error.
+
     Without smoothing the softmax is never materialised (``lse - z_y``, as optax).
     ``-inf`` logits on non-target classes give a finite loss and gradient.
 
@@ -187,6 +191,7 @@ def sparse_softmax_cross_entropy(
     )
     if not (isinstance(z_loss, (int, float)) and z_loss == 0):
         loss = loss + jnp.asarray(z_loss, dtype) * jnp.square(lse)
+    loss = classes.poison_bad_labels(loss)
     return reduce_loss(
         loss,
         present=classes.present,

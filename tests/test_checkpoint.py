@@ -58,6 +58,26 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert os.listdir(tmp_path / "run") == [FILENAME]
 
 
+def test_resume_off_the_log_grid_equals_uninterrupted(tmp_path):
+    # 70 is not a multiple of log_every=40: the first call logs it as its own
+    # last step, the resumed call must drop it to match one 200-step call.
+    full, h_full = _fit(_model(), 200, None, log_every=40)
+    _, h_first = _fit(_model(), 70, tmp_path, log_every=40)
+    np.testing.assert_array_equal(h_first["step"], [40, 70])
+    resumed, h_res = _fit(_model(), 200, tmp_path, log_every=40)
+    _assert_same(resumed, full)
+    np.testing.assert_array_equal(h_full["step"], [40, 80, 120, 160, 200])
+    assert h_res.keys() == h_full.keys()
+    for k in h_full:
+        assert h_res[k].shape == h_full[k].shape, k
+        np.testing.assert_allclose(h_res[k], h_full[k], rtol=0, atol=1e-6)
+    # resuming a finished off-grid run keeps its last step
+    _, h_again = _fit(_model(), 70, tmp_path / "short", log_every=40)
+    _, h_again2 = _fit(_model(), 70, tmp_path / "short", log_every=40)
+    np.testing.assert_array_equal(h_again2["step"], [40, 70])
+    np.testing.assert_array_equal(h_again2["accuracy"], h_again["accuracy"])
+
+
 def test_checkpoint_every_and_interrupted_run(tmp_path, monkeypatch):
     full, _ = _fit(_model(), 120, None)
     import jaxce._fit as fit_module
