@@ -11,6 +11,11 @@ every reduction, log base), in float32 and float64:
 
 ``python examples/gradients.py --short`` prints one float32 table with two rows per
 loss; `summary` returns that table as a string (the tour calls it).
+
+The fused ``linear_softmax_cross_entropy`` has three parameters and its closed form
+returns the tuple ``(d_hidden, d_weight, d_bias)``; `fused_pair` wraps it as one
+row per parameter (that parameter first, the others in a tuple after it), the
+shape `jaxce.compare_gradients` differentiates.
 """
 
 from __future__ import annotations
@@ -25,7 +30,46 @@ import jaxce
 from jaxce import closed_form
 
 N, K = 6, 5  # examples, classes
+D = 3  # features of the fused loss
 REDUCTIONS = ("mean", "sum", "none", "sum_over_batch_size")
+FUSED = "linear_softmax_cross_entropy"
+_PARAMS = ("hidden", "weight", "bias")
+
+
+def fused_pair(param: str):
+    """``(loss, closed_form)`` of the fused loss w.r.t. ``param`` alone.
+
+    Both take ``(x, rest, **options)``: ``x`` the ``hidden``, ``weight`` or
+    ``bias`` array and ``rest`` the tuple of the other arrays of
+    ``(hidden, weight, labels)`` (``(hidden, weight, labels)`` for the bias). The
+    closed form picks its entry of ``(d_hidden, d_weight, d_bias)``.
+    """
+    i = _PARAMS.index(param)
+
+    def call(fn, x, rest, **kw):
+        if param == "bias":
+            return fn(*rest, bias=x, **kw)
+        h, w, y = (x, *rest) if param == "hidden" else (rest[0], x, rest[1])
+        return fn(h, w, y, **kw)
+
+    def loss(x, rest, **kw):
+        return call(jaxce.linear_softmax_cross_entropy, x, rest, **kw)
+
+    def grad(x, rest, **kw):
+        return call(closed_form.linear_softmax_cross_entropy, x, rest, **kw)[i]
+
+    loss.__name__ = f"{FUSED} (d_{param})"
+    return loss, grad
+
+
+def _fused_args(d, param: str, labels):
+    """``(x, rest)`` for `fused_pair` ``(param)``."""
+    h, w = d["hidden"], d["weight"]
+    if param == "hidden":
+        return h, (w, labels)
+    if param == "weight":
+        return w, (h, labels)
+    return d["bias"], (h, w, labels)
 
 
 def _inputs(dtype):
@@ -55,6 +99,9 @@ def _inputs(dtype):
         soft_y=jnp.asarray(r.uniform(size=3 * N), dtype),
         bin_weights=jnp.asarray(r.uniform(0.5, 2.0, size=3 * N), dtype),
         bin_mask=jnp.asarray(np.arange(3 * N) % 5 != 2),
+        hidden=jnp.asarray(r.standard_normal((N, D)), dtype),
+        weight=jnp.asarray(0.7 * r.standard_normal((K, D)), dtype),
+        bias=jnp.asarray(r.standard_normal(K), dtype),
     )
 
 
@@ -164,6 +211,24 @@ def cases(dtype, *, short: bool = False):
             ),
         ),
     ]
+    fused_all = dict(
+        class_weights=d["class_weights"],
+        ignore_index=-100,
+        label_smoothing=0.1,
+        z_loss=1e-2,
+        softcap=3.0,
+        where=d["element_mask"],
+        chunk_size=2,
+    )
+    fused = []
+    for param in _PARAMS:
+        plain = {} if param == "bias" else dict(bias=d["bias"])
+        if short and param == "bias":
+            continue
+        if not short or param == "hidden":
+            fused.append((param, d["labels"], {}))
+        if not short or param == "weight":
+            fused.append((param, d["ignored"], dict(fused_all, **plain)))
     for name, a, b, opts in binary + categorical:
         if short:
             yield name, a, b, opts
@@ -176,13 +241,22 @@ def cases(dtype, *, short: bool = False):
         else:  # all the options together under every reduction
             for reduction in REDUCTIONS:
                 yield name, a, b, dict(opts, reduction=reduction)
+    # The fused loss: one row per parameter (see `fused_pair`).
+    for param, labels, opts in fused:
+        x, rest = _fused_args(d, param, labels)
+        for reduction in ("mean",) if short else REDUCTIONS:
+            red = {} if short else dict(reduction=reduction)
+            yield f"{FUSED}:{param}", x, rest, dict(opts, **red)
 
 
 def reports(dtype=jnp.float32, *, short: bool = False) -> list[jaxce.GradientReport]:
     """A `jaxce.GradientReport` for every case of `cases`."""
     out = []
     for name, a, b, opts in cases(dtype, short=short):
-        loss, grad = getattr(jaxce, name), getattr(closed_form, name)
+        if name.startswith(FUSED + ":"):
+            loss, grad = fused_pair(name.split(":")[1])
+        else:
+            loss, grad = getattr(jaxce, name), getattr(closed_form, name)
         out.append(jaxce.compare_gradients(loss, grad, a, b, **opts))
     return out
 

@@ -61,6 +61,24 @@ def linear_softmax_cross_entropy(
         label_smoothing, z_loss, softcap, where, reduction, chunk_size: as
             `jaxce.linear_softmax_cross_entropy` (single device; no ``mesh``).
 
+    Unlike every other `jaxce.closed_form` function, which returns the gradient
+    with respect to its first argument only, this one deliberately returns the
+    tuple ``(d_hidden, d_weight, d_bias)``: the fused loss exists to train the
+    classifier, so ``d_weight`` is the point, and the three share one pass over
+    the logits. To hold one entry against autodiff with
+    `jaxce.compare_gradients` (which differentiates its first argument), wrap
+    both functions with that parameter first and pick the entry, e.g. for
+    ``weight``::
+
+        loss = lambda w, h, y, **kw: jaxce.linear_softmax_cross_entropy(h, w, y, **kw)
+        grad = lambda w, h, y, **kw: jaxce.closed_form.linear_softmax_cross_entropy(
+            h, w, y, **kw)[1]
+        jaxce.compare_gradients(loss, grad, weight, hidden, labels)
+
+    (``examples/gradients.py`` prints such rows for ``hidden``, ``weight`` and
+    ``bias``.) A present label outside ``[0, V)`` makes the gradients NaN, as
+    in the fused loss.
+
     Returns:
         A tuple ``(d_hidden, d_weight, d_bias)`` in the dtypes of the inputs;
         ``d_bias`` is None when ``bias`` is None. (No gradient for
@@ -74,6 +92,11 @@ def linear_softmax_cross_entropy(
         >>> dh, dw, db = jaxce.closed_form.linear_softmax_cross_entropy(h, w, y)
         >>> print(dw[0], db)
         [-0.22948  0.21653] None
+        >>> loss = lambda w, h, y: jaxce.linear_softmax_cross_entropy(h, w, y)
+        >>> grad = lambda w, h, y: jaxce.closed_form.linear_softmax_cross_entropy(
+        ...     h, w, y)[1]
+        >>> jaxce.compare_gradients(loss, grad, w, h, y).passed
+        True
     """
     p = prepare(
         hidden, weight, labels, bias=bias, class_weights=class_weights,
@@ -85,7 +108,7 @@ def linear_softmax_cross_entropy(
     static_zero = isinstance(z_loss, (int, float)) and z_loss == 0
     lam = None if static_zero else jnp.asarray(z_loss, dt)
     v = p.weight.shape[0]
-    cf = Coefs(reduction, p.labels, p.present, p.class_weights, eps, v, dt)
+    cf = Coefs(reduction, p.labels, p.present, p.class_weights, eps, v, dt, p.invalid)
     _, _, _, dh, dw, db, _ = token_chunk_grads(
         p.hidden, p.weight, p.bias, p.labels, p.class_weights,
         cf.coef, cf.a, cf.g0, cf.ek, lam,

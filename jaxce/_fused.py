@@ -24,8 +24,10 @@ that O(N) part gives the per-token cotangents ``g_lse``, ``g_zy``, ``g_sum``.
 - ``prepare(hidden, weight, labels, *, bias, class_weights, ignore_index,
   label_smoothing, z_loss, softcap, where, reduction, chunk_size) -> Prepared``:
   every shape / dtype / value check of the public function (trace time), the
-  presence mask ``present`` (``where`` and ``ignore_index``), ``labels`` with
-  absent tokens set to 0, class weights in the compute dtype, the static
+  presence mask ``present`` (``where`` and ``ignore_index``), the mask
+  ``invalid`` of present tokens whose label is outside ``[0, V)`` (their loss is
+  made NaN by `token_losses`), ``labels`` with absent and invalid tokens set to
+  0, class weights in the compute dtype, the static
   ``need_sum`` flag and block sizes ``chunk_size`` / ``token_chunk``.
 - ``chunk_stats(hidden, weight, bias, labels, class_weights, *, softcap,
   chunk_size, token_chunk, need_sum) -> (m, s, z_y, sum_wz)``: forward over a
@@ -61,6 +63,8 @@ from ._fused_chunks import (
     chunk_stats as chunk_stats,
     default_chunks as default_chunks,
     lse_from_stats as lse_from_stats,
+    nan_where as nan_where,
+    out_of_range,
 )
 from ._fused_tokens import token_path_loss
 from ._options import (
@@ -83,8 +87,9 @@ class Prepared(NamedTuple):
     hidden: Array
     weight: Array
     bias: Array | None
-    labels: Array  # absent tokens set to 0
+    labels: Array  # absent and out-of-range tokens set to 0
     present: Array
+    invalid: Array  # present tokens whose label is outside [0, V)
     class_weights: Array | None  # compute dtype
     softcap: float | None
     chunk_size: int
@@ -166,12 +171,14 @@ def prepare(
         if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
             raise TypeError(f"`ignore_index` must be an int, got {ignore_index!r}.")
         present = present & (labels != ignore_index)
-    labels = jnp.where(present, labels, 0)
+    invalid = present & out_of_range(labels, v)
+    labels = jnp.where(present & ~invalid, labels, 0)
     need_sum = not (isinstance(label_smoothing, (int, float)) and label_smoothing == 0)
     c, t = default_chunks(n, v, chunk_size)
     return Prepared(
-        hidden, weight, bias, labels, present, cw, softcap, c, t, need_sum, dtype
-    )
+        hidden, weight, bias, labels, present, invalid, cw, softcap, c, t, need_sum,
+        dtype,
+    )  # fmt: skip
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
@@ -226,8 +233,12 @@ def token_losses(
     num_classes: int,
     label_smoothing,
     z_loss,
+    invalid: Array | None = None,
 ) -> tuple[Array, Array | None]:
-    """Per-token loss from the statistics, and its ``"mean"`` weight ``w_y``."""
+    """Per-token loss from the statistics, and its ``"mean"`` weight ``w_y``.
+
+    Tokens marked ``invalid`` (a present label outside ``[0, V)``) get a NaN loss.
+    """
     dtype = lse.dtype
     w_y = None if class_weights is None else class_weights[labels]
     nll = lse - z_y if w_y is None else w_y * (lse - z_y)
@@ -239,7 +250,7 @@ def token_losses(
         nll = (1 - eps) * nll + eps / k * (lse * total_w - sum_wz)
     if not (isinstance(z_loss, (int, float)) and z_loss == 0):
         nll = nll + jnp.asarray(z_loss, dtype) * jnp.square(lse)
-    return nll, w_y
+    return nan_where(invalid, nll), w_y
 
 
 def linear_softmax_cross_entropy(
@@ -310,8 +321,13 @@ def linear_softmax_cross_entropy(
         hidden: ``(N, D)`` activations.
         weight: ``(V, D)`` classifier (PyTorch ``nn.Linear`` layout), same dtype as
             ``hidden``.
-        labels: ``(N,)`` integer classes in ``[0, V)`` (check values with
-            `jaxce.validate`; out-of-range labels are not detected here).
+        labels: ``(N,)`` integer classes in ``[0, V)``. A present label outside
+            ``[0, V)`` (not ``ignore_index``, not masked by ``where``) is not
+            wrapped or clipped: that token's loss is NaN (as in
+            `jaxce.sparse_softmax_cross_entropy`), so the reduced loss is NaN,
+            and so are the gradients it reaches, on every path (differentiated
+            or not, sharded or not). For a clear run-time error instead, check
+            the labels with `jaxce.validate`.
         bias: ``(V,)`` or None.
         class_weights: ``(V,)`` per-class weights $w$.
         ignore_index: label marking absent tokens (PyTorch ``-100``).
@@ -327,7 +343,11 @@ def linear_softmax_cross_entropy(
             a multiple of it. The token chunk of the gradient pass is automatic.
         mesh, batch_axis, vocab_axis: run vocabulary- / data-parallel under
             ``shard_map`` (see ``jaxce/_fused_sharded.py``); ``mesh=None`` runs
-            on one device.
+            on one device. With a mesh of ``Explicit`` axes (the default of
+            ``jax.make_mesh``), an *eager* ``jax.grad`` must run inside
+            ``with jax.set_mesh(mesh):`` (or under ``jax.jit``): outside it JAX
+            cannot form the cotangent of an explicitly sharded output ("Length
+            of device assignment 1 is not equal to the size of the mesh").
 
     Returns:
         ``(N,)`` losses for ``"none"`` (absent tokens 0), else a scalar; dtype of
@@ -378,6 +398,7 @@ def linear_softmax_cross_entropy(
     loss, w_y = token_losses(
         lse, z_y, sum_wz, p.labels, p.class_weights,
         num_classes=p.weight.shape[0], label_smoothing=label_smoothing, z_loss=z_loss,
+        invalid=p.invalid,
     )  # fmt: skip
     return reduce_loss(
         loss,

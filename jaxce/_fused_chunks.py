@@ -25,6 +25,21 @@ DEFAULT_BLOCK_ELEMENTS = 1 << 22
 DEFAULT_CHUNK = 2048
 
 
+def out_of_range(labels: Array, v: int) -> Array:
+    """``labels < 0 or labels >= v`` (elementwise; no overflow for narrow ints)."""
+    info = jnp.iinfo(labels.dtype)
+    low = labels < 0 if info.min < 0 else jnp.zeros(labels.shape, bool)
+    return low | (labels >= v) if v <= info.max else low
+
+
+def nan_where(invalid: Array | None, x: Array) -> Array:
+    """``x`` times NaN where ``invalid`` (so gradients through it are NaN too)."""
+    if invalid is None:
+        return x
+    one = jnp.ones((), x.dtype)
+    return x * jnp.where(invalid, jnp.asarray(jnp.nan, x.dtype), one)
+
+
 def default_chunks(n: int, v: int, chunk_size: int | None) -> tuple[int, int]:
     """``(chunk_size, token_chunk)`` used for ``n`` tokens and a vocabulary ``v``.
 

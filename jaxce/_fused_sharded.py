@@ -39,7 +39,13 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 from jaxtyping import Array, ArrayLike
 
 from ._fused import prepare
-from ._fused_chunks import chunk_grads, chunk_stats, default_chunks, lse_from_stats
+from ._fused_chunks import (
+    chunk_grads,
+    chunk_stats,
+    default_chunks,
+    lse_from_stats,
+    nan_where,
+)
 from ._options import reduce_loss
 
 AxisName = str | tuple[str, ...] | None
@@ -223,7 +229,14 @@ def sharded_linear_softmax_cross_entropy(
     None: that dimension is then replicated). ``N`` must be divisible by the size
     of ``batch_axis`` and ``V`` by the size of ``vocab_axis``; ``chunk_size``
     applies to each device's vocabulary block. Works eagerly and under ``jit``,
-    on meshes with ``Auto`` or ``Explicit`` axis types. Per token, with the
+    on meshes with ``Auto`` or ``Explicit`` axis types, with one JAX caveat:
+    on an ``Explicit`` mesh (``jax.make_mesh``'s default), an *eager*
+    ``jax.grad`` / ``jax.value_and_grad`` of this loss fails outside a mesh
+    context ("Length of device assignment 1 is not equal to the size of the
+    mesh"), as it does for any function of explicitly sharded arrays: run it
+    inside ``with jax.set_mesh(mesh):`` or under ``jax.jit``. A present label
+    outside ``[0, V)`` gives that token a NaN loss (see
+    `jaxce.linear_softmax_cross_entropy`). Per token, with the
     all-reduced $\operatorname{lse}$, $z_y$, $w_y$ and $\sum_c w_c z_c$:
 
     $$L = (1 - \varepsilon)\, w_y (\operatorname{lse} - z_y)
@@ -297,6 +310,7 @@ def sharded_linear_softmax_cross_entropy(
         nll = (1 - eps) * nll + eps / k * (lse * total_w - sum_wz)
     if not (isinstance(z_loss, (int, float)) and z_loss == 0):
         nll = nll + jnp.asarray(z_loss, dtype) * jnp.square(lse)
+    nll = nan_where(plan.place(p.invalid, row), nll)
     return reduce_loss(
         nll,
         present=plan.place(p.present, row),

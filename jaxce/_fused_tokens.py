@@ -41,7 +41,7 @@ from jax.custom_derivatives import CustomVJPPrimal, SymbolicZero
 from jaxtyping import Array
 
 from ._closed_form_reduction import reduction_coefficients
-from ._fused_chunks import _chunk_start, _logits, _token_blocks
+from ._fused_chunks import _chunk_start, _logits, _token_blocks, nan_where
 from ._options import compute_dtype, reduce_loss, safe_divide
 
 TOKEN_BLOCK_ELEMENTS = 1 << 24
@@ -81,15 +81,19 @@ class Coefs:
     ``coef`` (reduction coefficient, 0 for absent tokens), ``a`` (weight of
     ``-z_y``: ``(1 - eps) w_y``), ``g0`` (weight of ``lse`` without z-loss),
     ``ek = eps / V``, ``total_w = sum_c w_c`` and ``w_y`` (None without class
-    weights); ``eps`` None means no smoothing.
+    weights); ``eps`` None means no smoothing. ``invalid`` tokens (a present label
+    outside ``[0, V)``) get a NaN ``coef``, so every gradient they reach is NaN.
     """
 
-    def __init__(self, reduction: str, labels, present, cw, eps, v: int, dtype):
+    def __init__(
+        self, reduction: str, labels, present, cw, eps, v: int, dtype, invalid=None
+    ):
         self.w_y = None if cw is None else cw[labels].astype(dtype)
-        self.coef = reduction_coefficients(
+        coef = reduction_coefficients(
             present, weights=None, denom_weights=self.w_y,
             reduction=reduction, base=None, dtype=dtype,
         )  # fmt: skip
+        self.coef = nan_where(invalid, coef)
         a = jnp.ones(labels.shape, dtype) if self.w_y is None else self.w_y
         self.ek: Array | None = None
         self.total_w: Array = jnp.asarray(v, dtype) if cw is None else jnp.sum(cw)
@@ -143,7 +147,8 @@ def token_chunk_grads(
 
     Args:
         hidden, weight, bias, labels, class_weights: as `chunk_stats` (full
-            vocabulary; ``labels`` in ``[0, V)``).
+            vocabulary; ``labels`` in ``[0, V)``: out-of-range ones set to 0,
+            with a NaN ``coef``).
         coef, a, g0: ``(N,)`` reduction coefficient (0 for absent tokens), weight
             of ``-z_y`` and of ``lse`` in the per-token loss.
         ek, lam: scalars ``eps / V`` (None without smoothing) and ``z_loss``
@@ -246,11 +251,12 @@ def _perturbed(x) -> bool:
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
 def scalar_loss(st: Static, hidden, weight, bias, class_weights, eps, lam, labels,
-                present):  # fmt: skip
+                present, invalid):  # fmt: skip
     """The reduced loss; ``eps`` / ``lam`` are compute-dtype scalars or None.
 
-    ``labels`` has absent tokens set to 0 and ``present`` marks the tokens that
-    count (see ``jaxce._fused.prepare``). Not differentiated, this is the
+    ``labels`` has absent and out-of-range tokens set to 0, ``present`` marks the
+    tokens that count and ``invalid`` those present with a label outside
+    ``[0, V)`` (NaN loss; see ``jaxce._fused.prepare``). Not differentiated, this is the
     statistics path of ``jaxce._fused`` (one matmul, no gradient work).
     """
     from ._fused import _stats
@@ -259,18 +265,18 @@ def scalar_loss(st: Static, hidden, weight, bias, class_weights, eps, lam, label
         hidden, weight, bias, labels, class_weights if st.need_sum else None,
         st.softcap, st.chunk_size, st.token_chunk, st.need_sum,
     )  # fmt: skip
-    return _reduce(st, hidden, weight, labels, present, class_weights, eps, lam,
-                   lse, zy, sw)[0]  # fmt: skip
+    return _reduce(st, hidden, weight, labels, present, invalid, class_weights, eps,
+                   lam, lse, zy, sw)[0]  # fmt: skip
 
 
-def _reduce(st, hidden, weight, labels, present, cw, eps, lam, lse, zy, sw):
+def _reduce(st, hidden, weight, labels, present, invalid, cw, eps, lam, lse, zy, sw):
     """Reduced loss (output dtype) and its compute-dtype value from statistics."""
     from ._fused import token_losses
 
     loss, w_y = token_losses(
         lse, zy, sw, labels, cw, num_classes=weight.shape[0],
         label_smoothing=0.0 if eps is None else eps,
-        z_loss=0.0 if lam is None else lam,
+        z_loss=0.0 if lam is None else lam, invalid=invalid,
     )  # fmt: skip
     value = reduce_loss(
         loss, present=present, weights=None, denom_weights=w_y,
@@ -280,14 +286,15 @@ def _reduce(st, hidden, weight, labels, present, cw, eps, lam, lse, zy, sw):
 
 
 def _scalar_fwd(st: Static, hidden, weight, bias, class_weights, eps, lam, labels,
-                present):  # fmt: skip
+                present, invalid):  # fmt: skip
     want = [_perturbed(x) for x in (hidden, weight, bias, class_weights, eps, lam)]
-    h, w, b, cw, eps, lam, labels, present = map(
-        _value, (hidden, weight, bias, class_weights, eps, lam, labels, present)
+    h, w, b, cw, eps, lam, labels, present, invalid = map(
+        _value,
+        (hidden, weight, bias, class_weights, eps, lam, labels, present, invalid),
     )
     v = w.shape[0]
     cdt = compute_dtype(h.dtype, w.dtype)
-    cf = Coefs(st.reduction, labels, present, cw, eps, v, cdt)
+    cf = Coefs(st.reduction, labels, present, cw, eps, v, cdt, invalid)
     want_zc = want[3] and st.need_sum
     lse, zy, sw, dh, dw, db, zc = token_chunk_grads(
         h, w, b, labels, cw, cf.coef, cf.a, cf.g0, cf.ek, lam,
@@ -295,7 +302,7 @@ def _scalar_fwd(st: Static, hidden, weight, bias, class_weights, eps, lam, label
         token_chunk=st.token_path_chunk, need_sum=st.need_sum,
         want_dh=want[0], want_dw=want[1], want_db=want[2], want_zc=want_zc,
     )  # fmt: skip
-    out, value = _reduce(st, h, w, labels, present, cw, eps, lam, lse, zy, sw)
+    out, value = _reduce(st, h, w, labels, present, invalid, cw, eps, lam, lse, zy, sw)
     dcw = d_eps = d_lam = None
     if want[3] and cw is not None:
         dcw = _class_weight_grad(st, cf, labels, present, eps, lse, zy, zc, value, v)
@@ -347,9 +354,9 @@ def _class_weight_grad(
 
 def _scalar_bwd(st: Static, res, ct):
     if isinstance(ct, SymbolicZero):
-        return (None,) * len(res) + (None, None)
+        return (None,) * len(res) + (None, None, None)
     grads = tuple(None if r is None else (ct.astype(r.dtype) * r) for r in res)
-    return grads + (None, None)
+    return grads + (None, None, None)
 
 
 scalar_loss.defvjp(_scalar_fwd, _scalar_bwd, symbolic_zeros=True)
@@ -366,5 +373,6 @@ def token_path_loss(p, *, label_smoothing, z_loss, reduction: str) -> Array:
     static_zero = isinstance(z_loss, (int, float)) and z_loss == 0
     lam = None if static_zero else jnp.asarray(z_loss, p.dtype)
     return cast(Callable[..., Array], scalar_loss)(
-        st, p.hidden, p.weight, p.bias, p.class_weights, eps, lam, p.labels, p.present
-    )
+        st, p.hidden, p.weight, p.bias, p.class_weights, eps, lam, p.labels,
+        p.present, p.invalid,
+    )  # fmt: skip

@@ -50,7 +50,7 @@ def check_range(
     bad = (v < lo) | (v >= hi if hi_open else v > hi) | np.isnan(v)
     if np.any(bad):
         right = ")" if hi_open else "]"
-        raise ValueError(f"`{name}` must be in [{lo}, {hi}{right}, got {value!r}.")
+        raise ValueError(f"`{name}` must be in [{lo:g}, {hi:g}{right}, got {value!r}.")
 
 
 def compute_dtype(*dtypes) -> jnp.dtype:

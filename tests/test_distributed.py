@@ -77,7 +77,9 @@ def test_gradients_come_back_sharded_like_inputs(single_host):
 
 def test_edge_cases_on_mesh(single_host):
     _assert_group(single_host, "nothing_present_is_zero", 1)
+    _assert_group(single_host, "out_of_range_label_is_nan", 1)
     _assert_group(single_host, "eager", 1)
+    _assert_group(single_host, "set_mesh_eager_grad", 1)
     _assert_group(single_host, "indivisible_", 2)
 
 

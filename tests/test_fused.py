@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.extend
 import jax.numpy as jnp
@@ -222,6 +224,52 @@ def test_nothing_present_gives_zero():
     val, (gh, gw) = jax.value_and_grad(f, argnums=(0, 1))(h, w)
     assert float(val) == 0.0
     assert not np.any(np.asarray(gh)) and not np.any(np.asarray(gw))
+
+
+def test_out_of_range_label_is_nan_on_every_path():
+    # V = 10: a present label outside [0, V) makes that token's loss NaN (as in
+    # the unfused loss), never a finite number or a wrapped index, on the primal,
+    # token (scalar grad), recompute (per-token grad), sharded and closed-form
+    # paths; the gradients it reaches are NaN too.
+    v = 10
+    h, w, b, y, cw, _ = _data(n=6, v=v)
+    opts = dict(bias=b, class_weights=cw, label_smoothing=0.1, z_loss=1e-3)
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("v",))
+    sharded = dict(mesh=mesh, vocab_axis="v")
+
+    def loss(h, w, y, reduction="mean", **kw):
+        out = jaxce.linear_softmax_cross_entropy(
+            h, w, y, reduction=reduction, chunk_size=3, **opts, **kw
+        )
+        return jnp.sum(out)
+
+    per_token = jax.jit(lambda y: [
+        jaxce.linear_softmax_cross_entropy(h, w, y, reduction="none", **opts, **kw)
+        for kw in [dict(chunk_size=3), sharded]
+    ])  # fmt: skip
+    vg = lambda **kw: jax.jit(jax.value_and_grad(partial(loss, **kw), (0, 1)))  # noqa: E731
+    grads = [vg(), vg(reduction="none"), vg(**sharded)]  # token, recompute, sharded
+    primal = jax.jit(loss)
+    closed = jax.jit(partial(jaxce.closed_form.linear_softmax_cross_entropy, **opts))
+    for bad in [v, v + 3, -1]:
+        yb = (jnp.abs(y) % v).at[2].set(bad)
+        ref = np.asarray(_unfused(h, w, yb, reduction="none", **opts))
+        assert np.isnan(ref[2])  # the unfused loss agrees
+        for per in per_token(yb):
+            per = np.asarray(per)
+            assert np.isnan(per[2])
+            np.testing.assert_allclose(np.delete(per, 2), np.delete(ref, 2), **TOL)
+        assert np.isnan(primal(h, w, yb))
+        for fn in grads:
+            val, (gh, gw) = fn(h, w, yb)
+            assert np.isnan(val) and np.isnan(gh[2]).all() and np.isnan(gw).any()
+        dh, dw, db = closed(h, w, yb)
+        assert np.isnan(dh[2]).all() and np.isnan(dw).any() and np.isnan(db).any()
+    # A label equal to ignore_index is absent, not out of range.
+    y_ign = (jnp.abs(y) % v).at[2].set(-100)
+    got = loss(h, w, y_ign, ignore_index=-100)
+    ref = _unfused(h, w, y_ign, ignore_index=-100, **opts)
+    np.testing.assert_allclose(got, ref, **TOL)
 
 
 def test_traced_smoothing_under_jit():

@@ -162,6 +162,30 @@ check(
     max_err((val, grads), jax.tree.map(jnp.zeros_like, (val, grads))),
 )
 
+# A present label outside [0, V) (V = 96 here) gives NaN, never a wrapped index
+# or a finite loss (labels past the last shard, and negative ones).
+y_bad = y.at[5].set(V + 3).at[9].set(-1)
+val, grads = value_and_grads(
+    fused, True, True, labels=y_bad, reduction="none", mesh=mesh, batch_axis=ba,
+    vocab_axis=va,
+)  # fmt: skip
+per = np.asarray(fused(h, w, b, cw, y_bad, reduction="none", **dict(
+    mesh=mesh, batch_axis=ba, vocab_axis=va)))  # fmt: skip
+nan_ok = np.isnan(per[[5, 9]]).all() and np.isfinite(np.delete(per, [5, 9])).all()
+nan_ok = nan_ok and np.isnan(val) and np.isnan(np.asarray(grads[1])).any()
+check("out_of_range_label_is_nan", float(not nan_ok), 0.0)
+
+# Eager jax.grad on a jax.make_mesh (Explicit axes) mesh: inside jax.set_mesh
+# (outside it, JAX cannot build the cotangent of an explicitly sharded output).
+emesh, eba, eva = MESHES["explicit_b2_v2x2"]
+with jax.set_mesh(emesh):
+    eager_g = jax.grad(
+        lambda h, w: fused(h, w, None, None, y, mesh=emesh, batch_axis=eba,
+                           vocab_axis=eva), (0, 1),
+    )(h, w)  # fmt: skip
+ref_g = jax.grad(lambda h, w: materialised(h, w, None, None, y), (0, 1))(h, w)
+check("set_mesh_eager_grad", max_err(eager_g, ref_g))
+
 # Eager call (no jit) and bf16 inputs (float32 accumulation in both).
 eager = jaxce.linear_softmax_cross_entropy(
     h, w, y, mesh=mesh, batch_axis=ba, vocab_axis=va
