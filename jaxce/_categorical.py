@@ -55,6 +55,8 @@ class Classes:
             self.count = None
         self.class_mask = class_mask
         self.bad_label = None
+        # Statically known "every row present": keep() can skip a full-size select.
+        self.may_be_absent = element_where is not None or class_mask is not None
         self.dtype = dtype
 
     def k(self) -> Array | int:
@@ -96,6 +98,7 @@ class Classes:
             ):
                 raise TypeError(f"`ignore_index` must be an int, got {ignore_index!r}.")
             self.present = self.present & (labels != int(ignore_index))
+            self.may_be_absent = True
         in_range = (labels >= 0) & (labels < self.num_classes)
         self.bad_label = self.present & ~in_range
         return jnp.where(self.present & in_range, labels, 0)
@@ -122,6 +125,8 @@ class Classes:
         """Masked classes become ``fill``; absent rows become 0 (finite gradients)."""
         if self.class_mask is not None:
             values = jnp.where(self.class_mask, values, fill)
+        if not self.may_be_absent:
+            return values
         return jnp.where(self.present[..., None], values, jnp.zeros((), values.dtype))
 
     def smooth(self, t: Array, label_smoothing) -> Array:
