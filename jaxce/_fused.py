@@ -172,7 +172,9 @@ def prepare(
             raise TypeError(f"`ignore_index` must be an int, got {ignore_index!r}.")
         present = present & (labels != ignore_index)
     invalid = present & out_of_range(labels, v)
-    labels = jnp.where(present & ~invalid, labels, 0)
+    # The default int dtype: the kernels compare labels with jnp.arange indices.
+    int_dtype = jax.dtypes.canonicalize_dtype(jnp.int64)
+    labels = jnp.where(present & ~invalid, labels, 0).astype(int_dtype)
     need_sum = not (isinstance(label_smoothing, (int, float)) and label_smoothing == 0)
     c, t = default_chunks(n, v, chunk_size)
     return Prepared(

@@ -105,7 +105,7 @@ class _Plan:
 def _local_stats(plan: _Plan, h, w, b, y, cw):
     """Per-token ``(lse, z_y, sum_wz, w_y)`` of this device's rows, all classes."""
     v_local = w.shape[0]
-    y_local = y - plan.vocab_offset(v_local)
+    y_local = y - jnp.asarray(plan.vocab_offset(v_local), y.dtype)
     m, s, zy, sw = chunk_stats(
         h, w, b, y_local, cw if plan.need_sum else None,
         softcap=plan.softcap, chunk_size=plan.chunk_size,
@@ -129,7 +129,7 @@ def _local_stats(plan: _Plan, h, w, b, y, cw):
 def _local_grads(plan: _Plan, h, w, b, y, cw, lse, g_lse, g_zy, g_sum, g_wy):
     """This device's share of the gradients; all-reduced to the input shardings."""
     v_local = w.shape[0]
-    y_local = y - plan.vocab_offset(v_local)
+    y_local = y - jnp.asarray(plan.vocab_offset(v_local), y.dtype)
     cdt = lse.dtype
     dh, dw, db, dcw = chunk_grads(
         h, w, b, y_local, cw if plan.need_sum else None, lse, g_lse, g_zy,

@@ -271,14 +271,15 @@ def test_tour_script_entry_point():
     assert "PyTorch CrossEntropyLoss" in out.stdout and "Tour done" in out.stdout
 
 
-def test_docs_quick_start_runs(capsys):
-    """The quick start in docs/index.md (and the README) runs and learns."""
-    text = (ROOT / "docs" / "index.md").read_text()
+@pytest.mark.parametrize("page", ["docs/index.md", "README.md"])
+def test_docs_quick_start_runs(capsys, page):
+    """The quick start (first python block of the page) runs and learns."""
+    text = (ROOT / page).read_text()
     code = text.split("```python\n", 1)[1].split("```", 1)[0]
     assert "jax.value_and_grad" in code and "optimizer.update" in code
     # As a user runs it: JAX's default promotion rules (optax.adam needs them).
     with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
-        exec(compile(code, "docs/index.md", "exec"), {"__name__": "quick_start"})
+        exec(compile(code, page, "exec"), {"__name__": "quick_start"})
     out = capsys.readouterr().out
     final = float(out.split("loss after 200 steps:")[1].split()[0])
     assert final < 0.8 < np.log(3)
