@@ -12,9 +12,9 @@ import math
 import numbers
 from typing import Literal, TypeGuard
 
-import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 from jaxtyping import Array, ArrayLike
 
 Number = int | float
@@ -32,7 +32,7 @@ def is_concrete_number(x: object) -> TypeGuard[float]:
 
 def concrete_values(x: object) -> np.ndarray | None:
     """The value of a hyperparameter known at trace time, or None if traced."""
-    if x is None or isinstance(x, jax.core.Tracer):
+    if x is None or isinstance(x, Tracer):
         return None
     try:
         return np.asarray(x, dtype=np.float64)
