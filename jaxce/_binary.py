@@ -16,6 +16,7 @@ from ._options import (
     clip_bounds,
     compute_dtype,
     element_mask,
+    is_static_zero,
     reduce_loss,
     resolve_eps,
     safe_xlogy,
@@ -32,7 +33,7 @@ def binary_inputs(x, labels, name: str, label_smoothing, where):
     dtype = compute_dtype(x.dtype, y.dtype)
     present = element_mask(where, x.shape)
     y = y.astype(dtype)
-    if not (isinstance(label_smoothing, (int, float)) and label_smoothing == 0):
+    if not is_static_zero(label_smoothing):
         eps = jnp.asarray(label_smoothing, dtype)
         y = y * (1 - eps) + eps / 2
     return x, x.astype(dtype), y, present, dtype

@@ -23,6 +23,7 @@ from ._options import (
     check_integer_labels,
     check_label_smoothing,
     element_mask,
+    is_static_zero,
     normalize_axis,
     safe_xlogy,
     split_where,
@@ -132,7 +133,7 @@ class Classes:
     def smooth(self, t: Array, label_smoothing) -> Array:
         """``(1 - eps) * t + eps / K`` on the classes in play."""
         check_label_smoothing(label_smoothing)
-        if isinstance(label_smoothing, (int, float)) and label_smoothing == 0:
+        if is_static_zero(label_smoothing):
             return t
         eps = jnp.asarray(label_smoothing, self.dtype)
         k = self.k()
@@ -187,7 +188,3 @@ def class_sum(values: Array, cw: Array | None, classes: Classes) -> Array:
     if classes.class_mask is not None:
         wv = jnp.where(classes.class_mask, wv, jnp.zeros((), wv.dtype))
     return jnp.sum(wv, axis=-1)
-
-
-def uses_smoothing(label_smoothing) -> bool:
-    return not (isinstance(label_smoothing, (int, float)) and label_smoothing == 0)

@@ -23,7 +23,7 @@ from ._options import (
     check_nonneg,
     check_range,
     compute_dtype,
-    is_concrete_number,
+    is_static_zero,
     safe_xlogy,
 )
 
@@ -31,7 +31,7 @@ from ._options import (
 def _focal_factor_grad(q: Array, dlog_q: Array, gamma) -> tuple[Array, Array]:
     """``q**gamma`` and its derivative ``gamma * q**gamma * dlog_q`` (0 at q = 0)."""
     qg = safe_power(q, gamma)
-    if is_concrete_number(gamma) and gamma == 0:
+    if is_static_zero(gamma):
         return qg, jnp.zeros_like(q)
     g = jnp.asarray(gamma, q.dtype)
     return qg, g * qg * jnp.where(q > 0, dlog_q, jnp.zeros((), q.dtype))

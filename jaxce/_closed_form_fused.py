@@ -20,7 +20,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from ._fused import prepare
 from ._fused_tokens import Coefs, token_chunk_for, token_chunk_grads
-from ._options import Number, Reduction, ScalarLike
+from ._options import Number, Reduction, ScalarLike, is_static_zero
 
 
 def linear_softmax_cross_entropy(
@@ -105,7 +105,7 @@ def linear_softmax_cross_entropy(
     )  # fmt: skip
     dt = p.dtype
     eps = jnp.asarray(label_smoothing, dt) if p.need_sum else None
-    static_zero = isinstance(z_loss, (int, float)) and z_loss == 0
+    static_zero = is_static_zero(z_loss)
     lam = None if static_zero else jnp.asarray(z_loss, dt)
     v = p.weight.shape[0]
     cf = Coefs(reduction, p.labels, p.present, p.class_weights, eps, v, dt, p.invalid)

@@ -19,11 +19,12 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array
 
-from ._categorical import Classes, uses_smoothing
+from ._categorical import Classes
 from ._options import (
     broadcast_to_elements,
     check_label_smoothing,
     check_reduction,
+    is_static_zero,
     log_base_factor,
     safe_divide,
 )
@@ -118,7 +119,7 @@ def sparse_targets(
     dtype = classes.dtype
     w_y = None if cw is None else cw[safe_labels]
     on = jnp.ones(safe_labels.shape, dtype) if w_y is None else w_y
-    if not uses_smoothing(label_smoothing):
+    if is_static_zero(label_smoothing):
         return on, None, on, w_y
     eps = jnp.asarray(label_smoothing, dtype)
     on = (1 - eps) * on

@@ -25,6 +25,7 @@ from ._options import (
     as_float_input,
     check_nonneg,
     compute_dtype,
+    is_static_zero,
 )
 
 
@@ -38,10 +39,6 @@ def softmax_and_lse(z: Array) -> tuple[Array, Array]:
     e = jnp.exp(z - m)
     total = jnp.sum(e, axis=-1, keepdims=True)
     return e / total, m + jnp.log(total)
-
-
-def _uses_z_loss(z_loss) -> bool:
-    return not (isinstance(z_loss, (int, float)) and z_loss == 0)
 
 
 def softmax_cross_entropy(
@@ -169,7 +166,7 @@ def sparse_softmax_cross_entropy(
     )
     s, lse = softmax_and_lse(z)
     total = total[..., None]
-    if _uses_z_loss(z_loss):
+    if not is_static_zero(z_loss):
         total = total + 2 * jnp.asarray(z_loss, dtype) * lse
     hit = is_label(safe_labels, classes)
     grad = s * total - jnp.where(hit, on[..., None], jnp.zeros((), dtype))

@@ -16,7 +16,7 @@ from ._options import (
     check_nonneg,
     check_range,
     compute_dtype,
-    is_concrete_number,
+    is_static_zero,
     reduce_loss,
     safe_xlogy,
 )
@@ -25,7 +25,7 @@ from ._sigmoid import log_sigmoid_pair
 
 def safe_power(x: Array, gamma) -> Array:
     """``x ** gamma`` for ``x >= 0`` with a finite (zero) gradient at ``x = 0``."""
-    if is_concrete_number(gamma) and gamma == 0:
+    if is_static_zero(gamma):
         return jnp.ones_like(x)
     pos = x > 0
     return jnp.where(pos, jnp.exp(gamma * jnp.log(jnp.where(pos, x, 1))), 0)
@@ -38,7 +38,7 @@ def power_from_log(log_x: Array, gamma) -> Array:
     underflows (saturated logits), where ``x ** gamma`` through ``log(x)`` would
     divide by ``x**2``.
     """
-    if is_concrete_number(gamma) and gamma == 0:
+    if is_static_zero(gamma):
         return jnp.ones_like(log_x)
     finite = log_x > -jnp.inf
     safe = jnp.where(finite, log_x, 0)

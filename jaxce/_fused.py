@@ -79,6 +79,7 @@ from ._options import (
     check_reduction,
     compute_dtype,
     element_mask,
+    is_static_zero,
     reduce_loss,
 )
 
@@ -175,7 +176,7 @@ def prepare(
     # The default int dtype: the kernels compare labels with jnp.arange indices.
     int_dtype = jax.dtypes.canonicalize_dtype(jnp.int64)
     labels = jnp.where(present & ~invalid, labels, 0).astype(int_dtype)
-    need_sum = not (isinstance(label_smoothing, (int, float)) and label_smoothing == 0)
+    need_sum = not is_static_zero(label_smoothing)
     c, t = default_chunks(n, v, chunk_size)
     return Prepared(
         hidden, weight, bias, labels, present, invalid, cw, softcap, c, t, need_sum,
@@ -236,21 +237,28 @@ def token_losses(
     label_smoothing,
     z_loss,
     invalid: Array | None = None,
+    w_y: Array | None = None,
 ) -> tuple[Array, Array | None]:
     """Per-token loss from the statistics, and its ``"mean"`` weight ``w_y``.
 
     Tokens marked ``invalid`` (a present label outside ``[0, V)``) get a NaN loss.
+    ``w_y`` (``class_weights[labels]``) may be passed in when it was gathered
+    elsewhere (the vocabulary-parallel loss all-reduces it); ``num_classes`` is
+    the global vocabulary size.
     """
     dtype = lse.dtype
-    w_y = None if class_weights is None else class_weights[labels]
+    if class_weights is None:
+        w_y = None
+    elif w_y is None:
+        w_y = class_weights[labels]
     nll = lse - z_y if w_y is None else w_y * (lse - z_y)
-    if not (isinstance(label_smoothing, (int, float)) and label_smoothing == 0):
+    if not is_static_zero(label_smoothing):
         eps = jnp.asarray(label_smoothing, dtype)
         k = jnp.asarray(num_classes, dtype)
         total_w = k if class_weights is None else jnp.sum(class_weights)
         # sum_c w_c (lse - z_c) = lse * sum_c w_c - sum_c w_c z_c
         nll = (1 - eps) * nll + eps / k * (lse * total_w - sum_wz)
-    if not (isinstance(z_loss, (int, float)) and z_loss == 0):
+    if not is_static_zero(z_loss):
         nll = nll + jnp.asarray(z_loss, dtype) * jnp.square(lse)
     return nan_where(invalid, nll), w_y
 

@@ -38,13 +38,12 @@ from jax import lax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 from jaxtyping import Array, ArrayLike
 
-from ._fused import prepare
+from ._fused import prepare, token_losses
 from ._fused_chunks import (
     chunk_grads,
     chunk_stats,
     default_chunks,
     lse_from_stats,
-    nan_where,
 )
 from ._options import reduce_loss
 
@@ -300,17 +299,20 @@ def sharded_linear_softmax_cross_entropy(
     )
     stats = cast(tuple[Array, ...], _sharded_stats(plan, *args))
     lse, z_y, sum_wz, w_y = stats
-    dtype = lse.dtype
     cw = p.class_weights
-    nll = lse - z_y if cw is None else w_y * (lse - z_y)
-    if p.need_sum:
-        eps = jnp.asarray(label_smoothing, dtype)
-        k = jnp.asarray(v, dtype)  # the GLOBAL vocabulary size
-        total_w = k if cw is None else jnp.sum(cw)
-        nll = (1 - eps) * nll + eps / k * (lse * total_w - sum_wz)
-    if not (isinstance(z_loss, (int, float)) and z_loss == 0):
-        nll = nll + jnp.asarray(z_loss, dtype) * jnp.square(lse)
-    nll = nan_where(plan.place(p.invalid, row), nll)
+    # label smoothing's K is the GLOBAL vocabulary size v (Megatron #737)
+    nll, w_y = token_losses(
+        lse,
+        z_y,
+        sum_wz,
+        plan.place(p.labels, row),
+        cw,
+        num_classes=v,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        invalid=plan.place(p.invalid, row),
+        w_y=w_y,
+    )
     return reduce_loss(
         nll,
         present=plan.place(p.present, row),

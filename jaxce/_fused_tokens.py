@@ -42,7 +42,7 @@ from jaxtyping import Array
 
 from ._closed_form_reduction import reduction_coefficients
 from ._fused_chunks import _chunk_start, _logits, _token_blocks, nan_where
-from ._options import compute_dtype, reduce_loss, safe_divide
+from ._options import compute_dtype, is_static_zero, reduce_loss, safe_divide
 
 TOKEN_BLOCK_ELEMENTS = 1 << 24
 """Target size of one ``(token_chunk, V)`` logits block (16 Mi = 64 MiB float32)."""
@@ -370,7 +370,7 @@ def token_path_loss(p, *, label_smoothing, z_loss, reduction: str) -> Array:
         need_sum=p.need_sum, reduction=reduction,
     )  # fmt: skip
     eps = jnp.asarray(label_smoothing, p.dtype) if p.need_sum else None
-    static_zero = isinstance(z_loss, (int, float)) and z_loss == 0
+    static_zero = is_static_zero(z_loss)
     lam = None if static_zero else jnp.asarray(z_loss, p.dtype)
     return cast(Callable[..., Array], scalar_loss)(
         st, p.hidden, p.weight, p.bias, p.class_weights, eps, lam, p.labels,

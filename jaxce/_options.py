@@ -30,6 +30,15 @@ def is_concrete_number(x: object) -> TypeGuard[float]:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
+def is_static_zero(x: object) -> bool:
+    """True when ``x`` is a Python / NumPy number equal to 0 (known at trace time).
+
+    Options that are statically 0 (``label_smoothing``, ``z_loss``, ``gamma``) skip
+    their work; a traced value never does.
+    """
+    return is_concrete_number(x) and x == 0
+
+
 def concrete_values(x: object) -> np.ndarray | None:
     """The value of a hyperparameter known at trace time, or None if traced."""
     if x is None or isinstance(x, Tracer):

@@ -10,7 +10,6 @@ from ._categorical import (
     class_sum,
     dense_loss,
     sparse_loss,
-    uses_smoothing,
 )
 from ._options import (
     Number,
@@ -18,6 +17,7 @@ from ._options import (
     ScalarLike,
     as_float_input,
     compute_dtype,
+    is_static_zero,
     reduce_loss,
     resolve_eps,
 )
@@ -171,7 +171,7 @@ def sparse_categorical_cross_entropy(
     logp = _clipped_log(classes, eps)
     logp_y = jnp.take_along_axis(logp, safe_labels[..., None], axis=-1)[..., 0]
     sum_logp = None
-    if uses_smoothing(label_smoothing):
+    if not is_static_zero(label_smoothing):
         sum_logp = class_sum(logp, cw, classes)
     loss, denom = sparse_loss(
         logp_y, sum_logp, cw, safe_labels, label_smoothing, classes

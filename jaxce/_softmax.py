@@ -11,7 +11,6 @@ from ._categorical import (
     class_sum,
     dense_loss,
     sparse_loss,
-    uses_smoothing,
 )
 from ._options import (
     Number,
@@ -20,6 +19,7 @@ from ._options import (
     as_float_input,
     check_nonneg,
     compute_dtype,
+    is_static_zero,
     reduce_loss,
 )
 
@@ -183,13 +183,13 @@ def sparse_softmax_cross_entropy(
     lse = jax.nn.logsumexp(z, axis=-1)
     z_y = jnp.take_along_axis(z, safe_labels[..., None], axis=-1)[..., 0]
     sum_logp = None
-    if uses_smoothing(label_smoothing):
+    if not is_static_zero(label_smoothing):
         logp = z - lse[..., None]
         sum_logp = class_sum(logp, cw, classes)
     loss, denom = sparse_loss(
         z_y - lse, sum_logp, cw, safe_labels, label_smoothing, classes
     )
-    if not (isinstance(z_loss, (int, float)) and z_loss == 0):
+    if not is_static_zero(z_loss):
         loss = loss + jnp.asarray(z_loss, dtype) * jnp.square(lse)
     loss = classes.poison_bad_labels(loss)
     return reduce_loss(
