@@ -30,29 +30,15 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import time
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+from _timing import time_min  # benchmarks/_timing.py, beside this script
 
 import jaxce
 
 GiB = 2**30
 MiB = 2**20
-
-
-def time_min(fns: list[Callable[[], object]], repeats: int, warmup: int = 1):
-    for fn in fns:
-        for _ in range(warmup):
-            fn()
-    best = [float("inf")] * len(fns)
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            start = time.perf_counter()
-            fn()
-            best[i] = min(best[i], time.perf_counter() - start)
-    return best
 
 
 def fused(h, w, y):

@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import time
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -24,23 +22,9 @@ import numpy as np
 import optax
 import torch
 import torch.nn.functional as F
+from _timing import time_min  # benchmarks/_timing.py, beside this script
 
 import jaxce
-
-
-def time_min(fns: list[Callable[[], object]], repeats: int, warmup: int = 2):
-    """Minimum time of each thunk; rounds interleave the thunks, so a burst of
-    load from other processes on a shared machine hits all of them alike."""
-    for fn in fns:
-        for _ in range(warmup):
-            fn()
-    best = [float("inf")] * len(fns)
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            start = time.perf_counter()
-            fn()
-            best[i] = min(best[i], time.perf_counter() - start)
-    return best
 
 
 def jax_runner(loss_fn, *args):
@@ -195,7 +179,7 @@ def main() -> None:
         v_ox = float(jax.jit(f_ox)(*a_ox))
         v_pt = run_pt()[0]
         np.testing.assert_allclose([v_ox, v_pt], [v_ce, v_ce], rtol=2e-5)
-        t_ce, t_ox, t_pt = time_min([run_ce, run_ox, run_pt], args.repeats)
+        t_ce, t_ox, t_pt = time_min([run_ce, run_ox, run_pt], args.repeats, warmup=2)
         print(
             f"| {name:<28} | {shape:<13} | {t_ce * 1e3:8.2f} | {t_ox * 1e3:8.2f} | "
             f"{t_pt * 1e3:8.2f} | {t_ce / t_ox:11.2f} | {t_ce / t_pt:11.2f} |",
