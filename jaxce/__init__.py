@@ -5,18 +5,17 @@ from probabilities), their closed-form gradients, a fused large-vocabulary loss,
 and Equinox models trained through Optax.
 """
 
+import importlib.metadata
+
 from . import closed_form as closed_form, models as models
 from ._binary import (
     binary_cross_entropy as binary_cross_entropy,
     sigmoid_binary_cross_entropy as sigmoid_binary_cross_entropy,
 )
-from ._checkpoint import CheckpointError as CheckpointError
 from ._compare import (
     GradientReport as GradientReport,
     compare_gradients as compare_gradients,
 )
-from ._ensemble import fit_ensemble as fit_ensemble
-from ._fit import fit as fit
 from ._focal import (
     sigmoid_focal_loss as sigmoid_focal_loss,
     softmax_focal_loss as softmax_focal_loss,
@@ -32,11 +31,17 @@ from ._probability import (
     categorical_cross_entropy as categorical_cross_entropy,
     sparse_categorical_cross_entropy as sparse_categorical_cross_entropy,
 )
-from ._serialise import load as load, save as save
 from ._softmax import (
     softmax_cross_entropy as softmax_cross_entropy,
     sparse_softmax_cross_entropy as sparse_softmax_cross_entropy,
 )
+from ._training import (
+    CheckpointError as CheckpointError,
+    fit as fit,
+    fit_ensemble as fit_ensemble,
+    load as load,
+    save as save,
+)
 from ._validate import validate as validate
 
-__version__ = "0.1.0"
+__version__ = importlib.metadata.version("jaxce")

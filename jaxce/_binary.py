@@ -5,38 +5,16 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float, Real
 
-from ._options import (
+from ._core import (
     Number,
     Reduction,
     ScalarLike,
-    as_float_input,
-    broadcast_to_elements,
-    check_label_smoothing,
-    check_same_shape,
     clip_bounds,
-    compute_dtype,
-    element_mask,
-    is_static_zero,
-    reduce_loss,
+    log_sigmoid_pair,
+    prepare_elementwise,
     resolve_eps,
     safe_xlogy,
 )
-from ._sigmoid import log_sigmoid_pair
-
-
-def binary_inputs(x, labels, name: str, label_smoothing, where):
-    """Shared preparation: float casts, shape check, smoothing, presence."""
-    x = as_float_input(x, name)
-    y = as_float_input(labels, "labels")
-    check_same_shape(x, y, name, "labels")
-    check_label_smoothing(label_smoothing)
-    dtype = compute_dtype(x.dtype, y.dtype)
-    present = element_mask(where, x.shape)
-    y = y.astype(dtype)
-    if not is_static_zero(label_smoothing):
-        eps = jnp.asarray(label_smoothing, dtype)
-        y = y * (1 - eps) + eps / 2
-    return x, x.astype(dtype), y, present, dtype
 
 
 def sigmoid_binary_cross_entropy(
@@ -91,22 +69,15 @@ def sigmoid_binary_cross_entropy(
         PyTorch ``torch.nn.BCEWithLogitsLoss``; optax
         ``sigmoid_binary_cross_entropy``.
     """
-    x, z, y, present, dtype = binary_inputs(
-        logits, labels, "logits", label_smoothing, where
-    )
-    log_p, log_not_p = log_sigmoid_pair(z)  # jax.nn.log_sigmoid(z), (-z)
-    pos = safe_xlogy(y, log_p)
+    b = prepare_elementwise(
+        logits, labels, name="logits", label_smoothing=label_smoothing,
+        where=where, weights=weights, reduction=reduction, base=base,
+    )  # fmt: skip
+    log_p, log_not_p = log_sigmoid_pair(b.x)  # jax.nn.log_sigmoid(z), (-z)
+    pos = safe_xlogy(b.y, log_p)
     if pos_weight is not None:
-        pos = pos * broadcast_to_elements(pos_weight, z.shape, "pos_weight", dtype)
-    loss = -(pos + safe_xlogy(1 - y, log_not_p))
-    return reduce_loss(
-        loss,
-        present=present,
-        weights=weights,
-        reduction=reduction,
-        base=base,
-        out_dtype=x.dtype,
-    )
+        pos = pos * b.per_element(pos_weight, "pos_weight")
+    return b.reduce(-(pos + safe_xlogy(1 - b.y, log_not_p)))
 
 
 def binary_cross_entropy(
@@ -159,17 +130,10 @@ def binary_cross_entropy(
     References:
         PyTorch ``torch.nn.BCELoss``; Keras ``BinaryCrossentropy``.
     """
-    x, p, y, present, dtype = binary_inputs(
-        probs, labels, "probs", label_smoothing, where
-    )
-    lo, hi = clip_bounds(resolve_eps(eps, dtype), dtype)
-    p = jnp.clip(p, lo, hi)
-    loss = -(safe_xlogy(y, jnp.log(p)) + safe_xlogy(1 - y, jnp.log1p(-p)))
-    return reduce_loss(
-        loss,
-        present=present,
-        weights=weights,
-        reduction=reduction,
-        base=base,
-        out_dtype=x.dtype,
-    )
+    b = prepare_elementwise(
+        probs, labels, name="probs", label_smoothing=label_smoothing,
+        where=where, weights=weights, reduction=reduction, base=base,
+    )  # fmt: skip
+    p = jnp.clip(b.x, *clip_bounds(resolve_eps(eps, b.dtype), b.dtype))
+    y = b.y
+    return b.reduce(-(safe_xlogy(y, jnp.log(p)) + safe_xlogy(1 - y, jnp.log1p(-p))))

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from ._options import Number
+from ._core import Number
 
 _DEFAULT_RTOL = {8: 1e-10, 4: 1e-5}  # by itemsize; 16-bit floats: 1e-2
 

@@ -6,53 +6,61 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, Real
 
-from ._binary import binary_inputs
-from ._categorical import Classes
-from ._options import (
+from ._core import (
+    Categorical,
+    Elementwise,
+    IndexLike,
     Number,
     Reduction,
     ScalarLike,
-    as_float_input,
     check_nonneg,
     check_range,
-    compute_dtype,
-    is_static_zero,
-    reduce_loss,
+    log_sigmoid_pair,
+    power_from_log,
+    prepare_elementwise,
+    safe_log,
     safe_xlogy,
 )
-from ._sigmoid import log_sigmoid_pair
+from ._softmax import prepare_logits
 
 
-def safe_power(x: Array, gamma) -> Array:
-    """``x ** gamma`` for ``x >= 0`` with a finite (zero) gradient at ``x = 0``."""
-    if is_static_zero(gamma):
-        return jnp.ones_like(x)
-    pos = x > 0
-    return jnp.where(pos, jnp.exp(gamma * jnp.log(jnp.where(pos, x, 1))), 0)
-
-
-def power_from_log(log_x: Array, gamma) -> Array:
-    """``exp(gamma * log_x)``: ``x ** gamma`` from ``log x`` (``-inf`` gives 0).
-
-    Working from ``log x`` keeps first *and* second derivatives finite when ``x``
-    underflows (saturated logits), where ``x ** gamma`` through ``log(x)`` would
-    divide by ``x**2``.
-    """
-    if is_static_zero(gamma):
-        return jnp.ones_like(log_x)
-    finite = log_x > -jnp.inf
-    safe = jnp.where(finite, log_x, 0)
-    return jnp.where(finite, jnp.exp(gamma * safe), 0)
-
-
-def safe_log(x: Array) -> Array:
-    """``log x`` with ``log 0 = -inf`` and a finite gradient there."""
-    pos = x > 0
-    return jnp.where(pos, jnp.log(jnp.where(pos, x, 1)), -jnp.inf)
-
-
-def check_gamma(gamma) -> None:
+def prepare_sigmoid_focal(
+    logits, labels, *, alpha, gamma, **options
+) -> tuple[Elementwise, Array | None]:
+    """Check a sigmoid focal loss's arguments; ``alpha_t`` per element (or None)."""
     check_nonneg(gamma, "gamma")
+    check_range(alpha, "alpha", 0.0, 1.0)
+    b = prepare_elementwise(
+        logits, labels, name="logits", label_smoothing=0.0, **options
+    )
+    if alpha is None:
+        return b, None
+    a = jnp.asarray(alpha, b.dtype)
+    return b, a * b.y + (1 - a) * (1 - b.y)
+
+
+def prepare_softmax_focal(
+    logits, labels, *, alpha, gamma, **options
+) -> tuple[Categorical, Array, Array | None]:
+    """Check a softmax focal loss's arguments: the `Categorical`, the logits to
+    use and ``alpha_y`` per element (None without ``alpha``).
+
+    ``alpha`` is a scalar or a ``(classes,)`` array, every entry ``>= 0``.
+    """
+    check_nonneg(gamma, "gamma")
+    c, z = prepare_logits(logits, labels, sparse=True, label_smoothing=0.0, **options)
+    if alpha is None:
+        return c, z, None
+    check_nonneg(alpha, "alpha")
+    a = jnp.asarray(alpha)
+    if a.ndim == 0:
+        return c, z, a.astype(c.dtype)
+    if a.shape != (c.num_classes,):
+        raise ValueError(
+            f"`alpha` must be a scalar or have shape ({c.num_classes},), got {a.shape}."
+        )
+    assert c.labels is not None
+    return c, z, a.astype(c.dtype)[c.labels]
 
 
 def sigmoid_focal_loss(
@@ -104,30 +112,22 @@ def sigmoid_focal_loss(
         Lin et al., *Focal Loss for Dense Object Detection*, 2017,
         https://arxiv.org/abs/1708.02002.
     """
-    check_gamma(gamma)
-    check_range(alpha, "alpha", 0.0, 1.0)
-    x, z, y, present, dtype = binary_inputs(logits, labels, "logits", 0.0, where)
-    log_p, log_not_p = log_sigmoid_pair(z)
+    b, alpha_t = prepare_sigmoid_focal(
+        logits, labels, alpha=alpha, gamma=gamma, where=where, weights=weights,
+        reduction=reduction, base=base,
+    )  # fmt: skip
+    y = b.y
+    log_p, log_not_p = log_sigmoid_pair(b.x)
     ce = -(safe_xlogy(y, log_p) + safe_xlogy(1 - y, log_not_p))
     # log(1 - p_t) = log(y sigmoid(-z) + (1 - y) sigmoid(z)), in log space. The
     # terms are floored at -1e30 (not -inf) so logaddexp's gradient stays finite.
-    floor = jnp.asarray(-1e30, dtype)
+    floor = jnp.asarray(-1e30, b.dtype)
     log_one_minus_pt = jnp.logaddexp(
         jnp.maximum(safe_log(y) + log_not_p, floor),
         jnp.maximum(safe_log(1 - y) + log_p, floor),
     )
     loss = power_from_log(log_one_minus_pt, gamma) * ce
-    if alpha is not None:
-        a = jnp.asarray(alpha, dtype)
-        loss = (a * y + (1 - a) * (1 - y)) * loss
-    return reduce_loss(
-        loss,
-        present=present,
-        weights=weights,
-        reduction=reduction,
-        base=base,
-        out_dtype=x.dtype,
-    )
+    return b.reduce(loss if alpha_t is None else alpha_t * loss)
 
 
 def softmax_focal_loss(
@@ -138,7 +138,7 @@ def softmax_focal_loss(
     alpha: ScalarLike | Float[ArrayLike, " num_classes"] | None = None,
     gamma: ScalarLike = 2.0,
     weights: Float[ArrayLike, "..."] | None = None,
-    ignore_index: int | None = None,
+    ignore_index: IndexLike | None = None,
     where: Bool[ArrayLike, "..."] | None = None,
     reduction: Reduction = "mean",
     base: Number | None = None,
@@ -186,44 +186,17 @@ def softmax_focal_loss(
         Lin et al., *Focal Loss for Dense Object Detection*, 2017,
         https://arxiv.org/abs/1708.02002.
     """
-    check_gamma(gamma)
-    logits = as_float_input(logits, "logits")
-    labels = jnp.asarray(labels)
-    dtype = compute_dtype(logits.dtype)
-    classes = Classes(logits, axis, where, "logits", dtype)
-    safe_labels = classes.check_labels(labels, ignore_index)
-    z = classes.keep(classes.x, -jnp.inf)
+    c, z, alpha_y = prepare_softmax_focal(
+        logits, labels, alpha=alpha, gamma=gamma, ignore_index=ignore_index,
+        axis=axis, where=where, weights=weights, reduction=reduction, base=base,
+        class_weights=None,
+    )  # fmt: skip
     lse = jax.nn.logsumexp(z, axis=-1)
-    logp_y = jnp.take_along_axis(z, safe_labels[..., None], axis=-1)[..., 0] - lse
+    logp_y = c.take(z) - lse
     # log(1 - p_y) = logsumexp over the other classes - lse (no cancellation).
-    is_y = (
-        jax.lax.broadcasted_iota(safe_labels.dtype, z.shape, z.ndim - 1)
-        == safe_labels[..., None]
-    )
-    z_other = jnp.where(is_y, -jnp.inf, z)
+    z_other = jnp.where(c.is_label(), -jnp.inf, z)
     has_other = jnp.any(z_other > -jnp.inf, axis=-1)
-    z_other = jnp.where(has_other[..., None], z_other, jnp.zeros((), dtype))
+    z_other = jnp.where(has_other[..., None], z_other, jnp.zeros((), c.dtype))
     log_rest = jnp.where(has_other, jax.nn.logsumexp(z_other, axis=-1) - lse, -jnp.inf)
     loss = -power_from_log(log_rest, gamma) * logp_y
-    if alpha is not None:
-        check_nonneg(alpha, "alpha")
-        a = jnp.asarray(alpha)
-        if a.ndim == 0:
-            loss = loss * a.astype(dtype)
-        else:
-            a = classes.class_weights(a) if a.shape == (classes.num_classes,) else None
-            if a is None:
-                raise ValueError(
-                    f"`alpha` must be a scalar or have shape ({classes.num_classes},), "
-                    f"got {jnp.shape(alpha)}."
-                )
-            loss = loss * a[safe_labels]
-    loss = classes.poison_bad_labels(loss)
-    return reduce_loss(
-        loss,
-        present=classes.present,
-        weights=weights,
-        reduction=reduction,
-        base=base,
-        out_dtype=logits.dtype,
-    )
+    return c.reduce(loss if alpha_y is None else alpha_y * loss)

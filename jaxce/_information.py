@@ -5,29 +5,27 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
-from ._options import (
+from ._core import (
+    IndexLike,
     Number,
     as_float_input,
     check_same_shape,
     compute_dtype,
     log_base_factor,
     normalize_axis,
-    safe_xlogy,
+    xlogy,
 )
 from ._softmax import sparse_softmax_cross_entropy
 
 
-def _pair(p, q):
+def _pair(p, q, axis: int) -> tuple[Array, Array, int, jnp.dtype]:
+    """``p`` and ``q`` in the compute dtype, the class axis and the result dtype."""
     p = as_float_input(p, "p")
     q = as_float_input(q, "q")
     check_same_shape(p, q, "p", "q")
     dtype = compute_dtype(p.dtype, q.dtype)
-    return p.astype(dtype), q.astype(dtype), jnp.result_type(p.dtype, q.dtype)
-
-
-def _log_where_p(p: Array, x: Array) -> Array:
-    """``log(x)`` where ``p > 0``, and 0 elsewhere (so no ``0 * inf`` gradients)."""
-    return jnp.log(jnp.where(p == 0, jnp.ones((), x.dtype), x))
+    axis = normalize_axis(axis, p.ndim, "p")
+    return p.astype(dtype), q.astype(dtype), axis, jnp.result_type(p.dtype, q.dtype)
 
 
 def _finish(value: Array, base: Number | None, out_dtype) -> Array:
@@ -45,7 +43,11 @@ def entropy(
 ) -> Float[Array, "..."]:
     r"""Shannon entropy $H(p) = -\sum_c p_c \log p_c$ along ``axis``.
 
-    $0 \log 0 = 0$, with a finite gradient there.
+    $0 \log 0 = 0$. The gradient is $\partial H / \partial p_c = -(1 + \log p_c)$;
+    at $p_c = 0$ (where the one-sided derivative is $+\infty$) it is taken as 0,
+    so the gradient through a softmax or sigmoid whose probability underflowed
+    to 0 stays exact (its $\partial p_c$ factor is 0) instead of $0 \cdot \infty$
+    = NaN, and the gradient identity of `cross_entropy` holds everywhere.
 
     Args:
         probs: distributions along ``axis``.
@@ -63,8 +65,7 @@ def entropy(
     p = as_float_input(probs, "probs")
     axis = normalize_axis(axis, p.ndim, "probs")
     pc = p.astype(compute_dtype(p.dtype))
-    h = -jnp.sum(safe_xlogy(pc, _log_where_p(pc, pc)), axis=axis)
-    return _finish(h, base, p.dtype)
+    return _finish(-jnp.sum(xlogy(pc, pc), axis=axis), base, p.dtype)
 
 
 def cross_entropy(
@@ -78,6 +79,14 @@ def cross_entropy(
 
     $H(p, q) = H(p) + \mathrm{KL}(p \,\|\, q)$. Terms with $p_c = 0$ are 0 even
     where $q_c = 0$; a $q_c = 0$ under $p_c > 0$ gives $+\infty$.
+
+    Gradients: $\partial H / \partial p_c = -\log q_c$ everywhere, $p_c = 0$
+    included (as PyTorch and SciPy give; $+\infty$ where $q_c = 0 < p_c$), and
+    $\partial H / \partial q_c = -p_c / q_c$, which is 0 where $p_c = 0$. At
+    $p_c = q_c = 0$ the term jumps from 0 to $+\infty$ for any $p_c > 0$, so no
+    derivative exists there; both partials are taken as 0. With the conventions
+    of `entropy` and `kl_divergence` the identity holds for the gradients too:
+    $\nabla_p H(p, q) = \nabla_p H(p) + \nabla_p \mathrm{KL}(p \,\|\, q)$.
 
     Args:
         p: the true distribution, classes along ``axis``.
@@ -94,10 +103,8 @@ def cross_entropy(
         >>> print(jaxce.cross_entropy(p, jnp.array([0.05, 0.85, 0.10])))
         0.1625189
     """
-    pp, qq, out = _pair(p, q)
-    axis = normalize_axis(axis, pp.ndim, "p")
-    h = -jnp.sum(safe_xlogy(pp, _log_where_p(pp, qq)), axis=axis)
-    return _finish(h, base, out)
+    pp, qq, axis, out = _pair(p, q, axis)
+    return _finish(-jnp.sum(xlogy(pp, qq), axis=axis), base, out)
 
 
 def kl_divergence(
@@ -108,6 +115,13 @@ def kl_divergence(
     base: Number | None = None,
 ) -> Float[Array, "..."]:
     r"""Kullback-Leibler divergence $\sum_c p_c \log(p_c / q_c)$ along ``axis``.
+
+    Terms with $p_c = 0$ are 0; a $q_c = 0$ under $p_c > 0$ gives $+\infty$.
+    Gradients: $\partial / \partial q_c = -p_c / q_c$ (0 where $p_c = 0$) and
+    $\partial / \partial p_c = 1 + \log p_c - \log q_c$ for $p_c > 0$; at
+    $p_c = 0$ (one-sided derivative $-\infty$) it is $-\log q_c$, the
+    convention of `entropy`, so that
+    $\nabla_p H(p, q) = \nabla_p H(p) + \nabla_p \mathrm{KL}$ holds everywhere.
 
     Args:
         p: the true distribution, classes along ``axis``.
@@ -124,9 +138,8 @@ def kl_divergence(
         >>> print(jaxce.kl_divergence(p, jnp.array([0.9, 0.1]), base=2))
         0.7369656
     """
-    pp, qq, out = _pair(p, q)
-    axis = normalize_axis(axis, pp.ndim, "p")
-    terms = safe_xlogy(pp, _log_where_p(pp, pp)) - safe_xlogy(pp, _log_where_p(pp, qq))
+    pp, qq, axis, out = _pair(p, q, axis)
+    terms = xlogy(pp, pp) - xlogy(pp, qq)
     return _finish(jnp.sum(terms, axis=axis), base, out)
 
 
@@ -136,7 +149,7 @@ def perplexity(
     *,
     axis: int = -1,
     weights: Float[ArrayLike, "..."] | None = None,
-    ignore_index: int | None = None,
+    ignore_index: IndexLike | None = None,
     where: Bool[ArrayLike, "..."] | None = None,
 ) -> Float[Array, ""]:
     r"""Perplexity of integer labels under softmax logits: $\exp(\bar L)$.

@@ -5,30 +5,32 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, Real
 
-from ._categorical import (
-    Classes,
-    class_sum,
-    dense_loss,
-    sparse_loss,
-)
-from ._options import (
+from ._core import (
+    Categorical,
+    IndexLike,
     Number,
     Reduction,
     ScalarLike,
-    as_float_input,
-    compute_dtype,
-    is_static_zero,
-    reduce_loss,
+    prepare_categorical,
     resolve_eps,
 )
 
 
-def _clipped_log(classes: Classes, eps: float | None) -> Array:
-    e = resolve_eps(eps, classes.dtype)
-    p = classes.keep(jnp.clip(classes.x, e, 1 - e), 1)
-    logp = jnp.log(p)
-    if classes.class_mask is not None:
-        logp = jnp.where(classes.class_mask, logp, -jnp.inf)
+def prepare_probs(
+    probs, y, *, sparse: bool, eps: Number | None, ignore_index=None, **options
+) -> tuple[Categorical, float]:
+    """Check a probability loss's arguments; the clipping ``eps`` to use."""
+    c = prepare_categorical(
+        probs, y, name="probs", sparse=sparse, ignore_index=ignore_index, **options
+    )
+    return c, resolve_eps(eps, c.dtype)
+
+
+def clipped_log(c: Categorical, eps: float) -> Array:
+    """``log clip(p, eps, 1 - eps)``; ``-inf`` on classes a class mask removes."""
+    logp = jnp.log(c.keep(jnp.clip(c.x, eps, 1 - eps), 1))
+    if c.class_mask is not None:
+        logp = jnp.where(c.class_mask, logp, -jnp.inf)
     return logp
 
 
@@ -83,24 +85,12 @@ def categorical_cross_entropy(
     References:
         Keras ``CategoricalCrossentropy``; PyTorch ``F.nll_loss`` on log-probs.
     """
-    probs = as_float_input(probs, "probs")
-    targets = as_float_input(targets, "targets")
-    dtype = compute_dtype(probs.dtype, targets.dtype)
-    classes = Classes(probs, axis, where, "probs", dtype)
-    t_raw = classes.check_targets(targets)
-    cw = classes.class_weights(class_weights)
-    logp = _clipped_log(classes, eps)
-    t = classes.smooth(t_raw, label_smoothing)
-    loss, denom = dense_loss(logp, t, t_raw, cw, classes)
-    return reduce_loss(
-        loss,
-        present=classes.present,
-        weights=weights,
-        denom_weights=denom,
-        reduction=reduction,
-        base=base,
-        out_dtype=probs.dtype,
-    )
+    c, e = prepare_probs(
+        probs, targets, sparse=False, eps=eps, axis=axis, where=where,
+        class_weights=class_weights, label_smoothing=label_smoothing,
+        weights=weights, reduction=reduction, base=base,
+    )  # fmt: skip
+    return c.reduce(*c.dense_nll(clipped_log(c, e)))
 
 
 def sparse_categorical_cross_entropy(
@@ -111,7 +101,7 @@ def sparse_categorical_cross_entropy(
     eps: Number | None = None,
     class_weights: Float[ArrayLike, " num_classes"] | None = None,
     weights: Float[ArrayLike, "..."] | None = None,
-    ignore_index: int | None = None,
+    ignore_index: IndexLike | None = None,
     label_smoothing: ScalarLike = 0.0,
     where: Bool[ArrayLike, "..."] | None = None,
     reduction: Reduction = "mean",
@@ -162,27 +152,10 @@ def sparse_categorical_cross_entropy(
     References:
         Keras ``SparseCategoricalCrossentropy``; scikit-learn ``log_loss``.
     """
-    probs = as_float_input(probs, "probs")
-    labels = jnp.asarray(labels)
-    dtype = compute_dtype(probs.dtype)
-    classes = Classes(probs, axis, where, "probs", dtype)
-    safe_labels = classes.check_labels(labels, ignore_index)
-    cw = classes.class_weights(class_weights)
-    logp = _clipped_log(classes, eps)
-    logp_y = jnp.take_along_axis(logp, safe_labels[..., None], axis=-1)[..., 0]
-    sum_logp = None
-    if not is_static_zero(label_smoothing):
-        sum_logp = class_sum(logp, cw, classes)
-    loss, denom = sparse_loss(
-        logp_y, sum_logp, cw, safe_labels, label_smoothing, classes
-    )
-    loss = classes.poison_bad_labels(loss)
-    return reduce_loss(
-        loss,
-        present=classes.present,
-        weights=weights,
-        denom_weights=denom,
-        reduction=reduction,
-        base=base,
-        out_dtype=probs.dtype,
-    )
+    c, e = prepare_probs(
+        probs, labels, sparse=True, eps=eps, ignore_index=ignore_index, axis=axis,
+        where=where, class_weights=class_weights, label_smoothing=label_smoothing,
+        weights=weights, reduction=reduction, base=base,
+    )  # fmt: skip
+    logp = clipped_log(c, e)
+    return c.reduce(*c.sparse_nll(c.take(logp), lambda: logp))

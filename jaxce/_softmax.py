@@ -6,22 +6,29 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, Real
 
-from ._categorical import (
-    Classes,
-    class_sum,
-    dense_loss,
-    sparse_loss,
-)
-from ._options import (
+from ._core import (
+    Categorical,
+    IndexLike,
     Number,
     Reduction,
     ScalarLike,
-    as_float_input,
     check_nonneg,
-    compute_dtype,
     is_static_zero,
-    reduce_loss,
+    prepare_categorical,
 )
+
+
+def prepare_logits(
+    logits, y, *, sparse: bool, ignore_index=None, **options
+) -> tuple[Categorical, Array]:
+    """Check a softmax loss's arguments; the classes-last logits to use.
+
+    Classes a per-class ``where`` removes get ``-inf`` logits; absent rows 0.
+    """
+    c = prepare_categorical(
+        logits, y, name="logits", sparse=sparse, ignore_index=ignore_index, **options
+    )
+    return c, c.keep(c.x, -jnp.inf)
 
 
 def softmax_cross_entropy(
@@ -83,25 +90,12 @@ def softmax_cross_entropy(
         Szegedy et al., *Rethinking the Inception Architecture*, 2016
         (label smoothing), https://arxiv.org/abs/1512.00567.
     """
-    logits = as_float_input(logits, "logits")
-    targets = as_float_input(targets, "targets")
-    dtype = compute_dtype(logits.dtype, targets.dtype)
-    classes = Classes(logits, axis, where, "logits", dtype)
-    t_raw = classes.check_targets(targets)
-    cw = classes.class_weights(class_weights)
-    z = classes.keep(classes.x, -jnp.inf)
-    logp = jax.nn.log_softmax(z, axis=-1)
-    t = classes.smooth(t_raw, label_smoothing)
-    loss, denom = dense_loss(logp, t, t_raw, cw, classes)
-    return reduce_loss(
-        loss,
-        present=classes.present,
-        weights=weights,
-        denom_weights=denom,
-        reduction=reduction,
-        base=base,
-        out_dtype=logits.dtype,
-    )
+    c, z = prepare_logits(
+        logits, targets, sparse=False, axis=axis, where=where,
+        class_weights=class_weights, label_smoothing=label_smoothing,
+        weights=weights, reduction=reduction, base=base,
+    )  # fmt: skip
+    return c.reduce(*c.dense_nll(jax.nn.log_softmax(z, axis=-1)))
 
 
 def sparse_softmax_cross_entropy(
@@ -111,7 +105,7 @@ def sparse_softmax_cross_entropy(
     axis: int = -1,
     class_weights: Float[ArrayLike, " num_classes"] | None = None,
     weights: Float[ArrayLike, "..."] | None = None,
-    ignore_index: int | None = None,
+    ignore_index: IndexLike | None = None,
     label_smoothing: ScalarLike = 0.0,
     z_loss: ScalarLike = 0.0,
     where: Bool[ArrayLike, "..."] | None = None,
@@ -172,32 +166,14 @@ def sparse_softmax_cross_entropy(
         PyTorch ``torch.nn.functional.cross_entropy``; Chowdhery et al., *PaLM*,
         2022 (z-loss), https://arxiv.org/abs/2204.02311.
     """
-    logits = as_float_input(logits, "logits")
-    labels = jnp.asarray(labels)
     check_nonneg(z_loss, "z_loss")
-    dtype = compute_dtype(logits.dtype)
-    classes = Classes(logits, axis, where, "logits", dtype)
-    safe_labels = classes.check_labels(labels, ignore_index)
-    cw = classes.class_weights(class_weights)
-    z = classes.keep(classes.x, -jnp.inf)
+    c, z = prepare_logits(
+        logits, labels, sparse=True, ignore_index=ignore_index, axis=axis,
+        where=where, class_weights=class_weights, label_smoothing=label_smoothing,
+        weights=weights, reduction=reduction, base=base,
+    )  # fmt: skip
     lse = jax.nn.logsumexp(z, axis=-1)
-    z_y = jnp.take_along_axis(z, safe_labels[..., None], axis=-1)[..., 0]
-    sum_logp = None
-    if not is_static_zero(label_smoothing):
-        logp = z - lse[..., None]
-        sum_logp = class_sum(logp, cw, classes)
-    loss, denom = sparse_loss(
-        z_y - lse, sum_logp, cw, safe_labels, label_smoothing, classes
-    )
+    loss, denom = c.sparse_nll(c.take(z) - lse, lambda: z - lse[..., None])
     if not is_static_zero(z_loss):
-        loss = loss + jnp.asarray(z_loss, dtype) * jnp.square(lse)
-    loss = classes.poison_bad_labels(loss)
-    return reduce_loss(
-        loss,
-        present=classes.present,
-        weights=weights,
-        denom_weights=denom,
-        reduction=reduction,
-        base=base,
-        out_dtype=logits.dtype,
-    )
+        loss = loss + jnp.asarray(z_loss, c.dtype) * jnp.square(lse)
+    return c.reduce(loss, denom)

@@ -8,7 +8,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike
 
-from ._options import normalize_axis
+from ._core import normalize_axis
 
 Kind = Literal["logits", "probs", "binary_logits", "binary_probs"]
 KINDS = ("logits", "probs", "binary_logits", "binary_probs")

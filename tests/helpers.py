@@ -1,4 +1,4 @@
-"""Shared test helpers: tree comparison and small random inputs."""
+"""Shared test helpers: tree comparison, small random inputs, NumPy references."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import numpy as np
 # float32 tolerances (see the test brief): ~1e-5 relative, 1e-6 absolute.
 RTOL = 1e-5
 ATOL = 1e-6
+REDUCTIONS = ("none", "sum", "mean", "sum_over_batch_size")
 
 
 def _leaves(tree):
@@ -47,6 +48,19 @@ def assert_finite(tree) -> None:
         assert np.all(np.isfinite(arr)), f"leaf {i} is not finite: {arr}"
 
 
+def jitted(fn):
+    """``fn`` compiled once per call site, keyword options static (faster than
+    dispatching each operation on new shapes)."""
+
+    def call(*args, **kwargs):
+        return jax.jit(lambda *a: fn(*a, **kwargs))(*args)
+
+    return call
+
+
+# -- small random inputs ------------------------------------------------------------
+
+
 def rng(seed: int = 0) -> np.random.Generator:
     return np.random.default_rng(seed)
 
@@ -75,3 +89,29 @@ def uniform(r: np.random.Generator, shape, lo: float, hi: float) -> np.ndarray:
 
 def one_hot(y: np.ndarray, k: int) -> np.ndarray:
     return np.eye(k, dtype=np.float32)[y]
+
+
+# -- NumPy references ---------------------------------------------------------------
+
+
+def log_softmax(z):
+    """float64 log-softmax over the last axis."""
+    z = np.asarray(z, np.float64)
+    m = z.max(-1, keepdims=True)
+    return z - m - np.log(np.exp(z - m).sum(-1, keepdims=True))
+
+
+def log_sigmoid(z):
+    """float64 ``log(sigmoid(z))``."""
+    z = np.asarray(z, np.float64)
+    return -np.logaddexp(0.0, -z)
+
+
+def softmax_np(z):
+    """Softmax over the last axis, in the input's precision."""
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def sigmoid_np(z):
+    return 1 / (1 + np.exp(-z))

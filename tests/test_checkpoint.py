@@ -13,7 +13,7 @@ import pytest
 from training_data import load
 
 import jaxce
-from jaxce._checkpoint import FILENAME
+from jaxce._training._checkpoint import FILENAME
 from jaxce.models import LogisticRegression, MLPClassifier, SoftmaxRegression
 
 OPT = optax.adam(1e-2)
@@ -80,7 +80,7 @@ def test_resume_off_the_log_grid_equals_uninterrupted(tmp_path):
 
 def test_checkpoint_every_and_interrupted_run(tmp_path, monkeypatch):
     full, _ = _fit(_model(), 120, None)
-    import jaxce._fit as fit_module
+    import jaxce._training._fit as fit_module
 
     saved_steps = []
     real = fit_module.save_checkpoint
@@ -195,3 +195,20 @@ def test_load_checks_hyperparameters(tmp_path):
     (tmp_path / "junk.eqx").write_bytes(b"\x00\x01junk")
     with pytest.raises(ValueError, match="not a model saved by jaxce.save"):
         jaxce.load(tmp_path / "junk.eqx", other)
+
+
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_files_record_the_public_class_name_and_old_files_still_load(tmp_path, index):
+    model = _models()[index]
+    path = tmp_path / "model.eqx"
+    jaxce.save(path, model)
+    line, _, body = path.read_bytes().partition(b"\n")
+    header = json.loads(line)
+    assert header["class"] == f"jaxce.models.{type(model).__name__}"
+    # jaxce 0.1 recorded the private module the classes lived in then
+    header["class"] = f"jaxce._models.{type(model).__name__}"
+    old = tmp_path / "old.eqx"
+    old.write_bytes(json.dumps(header).encode() + b"\n" + body)
+    back = jaxce.load(old, type(model))
+    for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(model)):
+        np.testing.assert_array_equal(a, b)

@@ -1,11 +1,12 @@
-"""Distributed cross-entropy: vocabulary-parallel fused loss, sharded plain losses,
-and the same code over 2 processes.
+"""Distributed cross-entropy over 2 processes, the distributed example, and mesh
+arguments.
 
-Several host CPU devices need ``XLA_FLAGS`` set before JAX starts, so the checks
-run in subprocesses (``tests/distributed/``): one 8-device process for all the
-single-host checks, and 2 processes x 4 devices joined by
-``jax.distributed.initialize`` on loopback. Each prints ``CHECK <name> <error>
-<tolerance>`` lines; the tests here assert them. Argument errors that need no
+The single-host checks on 8 devices run in this process (``test_sharded.py``).
+Separate processes are the point of the 2-process check: 2 processes x 4 CPU
+devices joined by ``jax.distributed.initialize`` on loopback
+(``tests/distributed/multiprocess_worker.py``), each printing ``CHECK <name>
+<error> <tolerance>`` lines that the test asserts. The example is run as a user
+runs it, a script with its own ``--devices``. Argument errors that need no
 devices are checked in-process on a 1-device mesh.
 """
 
@@ -32,6 +33,7 @@ HERE = Path(__file__).parent / "distributed"
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)  # the scripts set their own device count
+    env.pop("JAX_NUM_CPU_DEVICES", None)
     env["JAX_PLATFORMS"] = "cpu"
     return env
 
@@ -50,53 +52,6 @@ def _assert_group(checks: dict, prefix: str, expected: int) -> None:
     assert len(group) == expected, f"expected {expected} `{prefix}` checks: {group}"
     bad = {k: v for k, v in group.items() if not v[0] <= v[1]}
     assert not bad, f"failed (error, tolerance): {bad}"
-
-
-@pytest.fixture(scope="module")
-def single_host() -> dict:
-    """Run the 8-device checks once (bounded in time) and parse their output."""
-    proc = subprocess.run(
-        [sys.executable, str(HERE / "sharded_checks.py")],
-        capture_output=True, text=True, timeout=240, env=_env(),
-    )  # fmt: skip
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0 and "DONE" in proc.stdout, out[-4000:]
-    return _parse(proc.stdout)
-
-
-def test_vocab_parallel_fused_loss_matches_single_device(single_host):
-    # 10 (mesh, options, reduction) cases: (8,) vocab, (8,) batch, (2, 4) batch x
-    # vocab, (2, 2, 2) explicit axes with the vocabulary over two axes; loss and
-    # gradients w.r.t. hidden, weight, bias, class weights <= 2e-5.
-    _assert_group(single_host, "fused[", 10)
-
-
-def test_gradients_come_back_sharded_like_inputs(single_host):
-    _assert_group(single_host, "sharding[", 4)
-
-
-def test_edge_cases_on_mesh(single_host):
-    _assert_group(single_host, "nothing_present_is_zero", 1)
-    _assert_group(single_host, "out_of_range_label_is_nan", 1)
-    _assert_group(single_host, "eager", 1)
-    _assert_group(single_host, "set_mesh_eager_grad", 1)
-    _assert_group(single_host, "indivisible_", 2)
-
-
-def test_bfloat16_on_mesh(single_host):
-    _assert_group(single_host, "bf16_", 2)
-
-
-def test_compiled_hlo_never_gathers_weight_or_logits(single_host):
-    _assert_group(single_host, "hlo_parser_sees_weight_all_gather", 1)
-    _assert_group(single_host, "hlo_has_collectives[", 2)
-    _assert_group(single_host, "hlo_no_big_all_gather[", 2)
-    _assert_group(single_host, "hlo_largest_collective_below_weight[", 2)
-
-
-def test_plain_losses_on_sharded_logits_match_single_device(single_host):
-    # 6 losses with logits sharded over batch x classes, 1 over classes only.
-    _assert_group(single_host, "plain[", 7)
 
 
 def _free_port() -> int:

@@ -9,7 +9,7 @@ import optax
 from training_data import load
 
 import jaxce
-import jaxce._train as train
+import jaxce._training._engine as train
 from jaxce.models import SoftmaxRegression
 
 OPT = optax.adam(1e-2)

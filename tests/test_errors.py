@@ -1,4 +1,5 @@
-"""Bad input: trace-time errors naming the argument, and `jaxce.validate`.
+"""Bad input: trace-time errors naming the argument, for every loss and its
+closed form; out-of-range labels; hyperparameters given as arrays.
 
 The test run wraps every jaxce function in a jaxtyping/beartype checker, which
 rejects some bad input (wrong dtype, inconsistent shapes) before jaxce's own
@@ -11,14 +12,17 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 
-import equinox as eqx
+import helpers as h
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from losses import LOSSES, Loss, each, taking, where
 
 import jaxce
+from jaxce import closed_form
 
 Z2 = np.zeros((3, 4), np.float32)  # logits / probs, 3 elements, 4 classes
 P2 = np.full((3, 4), 0.25, np.float32)
@@ -30,21 +34,10 @@ F32 = np.float32
 SOFT = jaxce.softmax_cross_entropy
 SPARSE = jaxce.sparse_softmax_cross_entropy
 CAT = jaxce.categorical_cross_entropy
-SPARSE_CAT = jaxce.sparse_categorical_cross_entropy
 SIGMOID = jaxce.sigmoid_binary_cross_entropy
 BINARY = jaxce.binary_cross_entropy
-SIG_FOCAL = jaxce.sigmoid_focal_loss
 SOFT_FOCAL = jaxce.softmax_focal_loss
-ARGS = {
-    SOFT: (Z2, P2),
-    SPARSE: (Z2, Y1),
-    CAT: (P2, P2),
-    SPARSE_CAT: (P2, Y1),
-    SIGMOID: (Z1, B1),
-    BINARY: (np.full(3, 0.5, F32), B1),
-    SIG_FOCAL: (Z1, B1),
-    SOFT_FOCAL: (Z2, Y1),
-}
+SPARSE_CAT = jaxce.sparse_categorical_cross_entropy
 
 # fmt: off
 # (id, function, positional args, keyword args, exception, regex of the message)
@@ -92,19 +85,21 @@ HAND_WRITTEN = [
      r"`logits`.*complex64"),
     ("entropy-base", jaxce.entropy, (P2,), {"base": 1}, ValueError, r"`base`.*1"),
 ]
-# One option, many losses: (option, values, losses, exception, message template)
+# One option, every loss that takes it: (option, values, losses, exception,
+# message template). The losses' example inputs (3 rows, 4 classes) carry them.
 SWEEPS = [
-    ("class_weights", (np.ones(3, F32), np.ones(5, F32)),
-     (SOFT, SPARSE, CAT, SPARSE_CAT), ValueError, r"`class_weights`.*\(4,\).*\({n},\)"),
-    ("label_smoothing", (-0.1, 1.0, 1.5),
-     (SOFT, SPARSE, CAT, SPARSE_CAT, SIGMOID, BINARY), ValueError,
+    ("class_weights", (np.ones(3, F32), np.ones(5, F32)), taking("class_weights"),
+     ValueError, r"`class_weights`.*\(4,\).*\({n},\)"),
+    ("label_smoothing", (-0.1, 1.0, 1.5), taking("label_smoothing"), ValueError,
      r"`label_smoothing`.*\[0, 1\).*{v}"),
-    ("reduction", ("avg",), tuple(ARGS), ValueError, r"`reduction`.*'{v}'"),
-    ("eps", (0.0, 0.5, -1e-3, 0.7), (CAT, SPARSE_CAT, BINARY), ValueError,
+    ("reduction", ("avg",), LOSSES, ValueError, r"`reduction`.*'{v}'"),
+    ("eps", (0.0, 0.5, -1e-3, 0.7), taking("eps"), ValueError,
      r"`eps`.*\(0, 0.5\).*{v}"),
-    ("base", (0, 1, -2.0), tuple(ARGS), ValueError, r"`base`.*{v}"),
-    ("gamma", (-1.0,), (SIG_FOCAL, SOFT_FOCAL), ValueError, r"`gamma`.*{v}"),
-    ("alpha", (-0.1, 1.5), (SIG_FOCAL,), ValueError, r"`alpha`.*\[0, 1\].*{v}"),
+    ("base", (0, 1, -2.0), LOSSES, ValueError, r"`base`.*{v}"),
+    ("gamma", (-1.0,), taking("gamma"), ValueError, r"`gamma`.*{v}"),
+    # softmax_focal_loss takes any non-negative alpha (a scalar or one per class)
+    ("alpha", (-0.1, 1.5), [x for x in taking("alpha") if x.elementwise],
+     ValueError, r"`alpha`.*\[0, 1\].*{v}"),
 ]
 # fmt: on
 
@@ -114,11 +109,11 @@ def _param(case):
     return pytest.param(*rest, id=name)
 
 
-def _sweep(option, values, fns, exc, template):
+def _sweep(option, values, losses, exc, template):
     return [
-        (f"{f.__name__}-{option}{i}", f, ARGS[f], {option: v}, exc,
+        (f"{loss.name}-{option}{i}", loss.fn, loss.example()[:2], {option: v}, exc,
          template.format(v=v, n=np.shape(v)[0] if np.ndim(v) else 0))
-        for f in fns
+        for loss in losses
         for i, v in enumerate(values)
     ]  # fmt: skip
 
@@ -154,169 +149,128 @@ def test_public_function_rejects(fn, args, kwargs, exc, match):
     assert any(n in str(info.value) for n in names), str(info.value)
 
 
-def test_traced_hyperparameters_are_accepted():
-    # Range checks apply to Python numbers; traced values are the caller's job.
-    f = jax.jit(
-        lambda ls, g: (
-            jaxce.sparse_softmax_cross_entropy(Z2, Y1, label_smoothing=ls)
-            + jaxce.softmax_focal_loss(Z2, Y1, gamma=g)
-        )
-    )
-    assert np.isfinite(float(f(jnp.float32(0.1), jnp.float32(2.0))))
+# -- the closed forms reject what their losses reject -------------------------------
 
-
-# ----------------------------------------------------------------- validate
-
-# Eagerly and under `eqx.filter_jit` a failed check raises EquinoxRuntimeError;
-# under plain `jax.jit` the same message arrives in a JaxRuntimeError.
-RUNTIME_ERRORS = (eqx.EquinoxRuntimeError, jax.errors.JaxRuntimeError)
-JITS = {"eager": lambda f: f, "jax.jit": jax.jit, "eqx.filter_jit": eqx.filter_jit}
-
-VALIDATE_BAD = [
-    pytest.param(np.array([[0.0, np.nan]], np.float32), None, {}, "NaN", id="nan"),
-    pytest.param(
-        np.array([[0.5, 1.5]], np.float32),
-        None,
-        {"kind": "probs"},
-        r"outside \[0, 1\]",
-        id="probs-range",
-    ),
-    pytest.param(
-        np.array([[0.5, -0.1, 0.6]], np.float32),
-        None,
-        {"kind": "probs"},
-        r"outside \[0, 1\]",
-        id="probs-negative",
-    ),
-    pytest.param(
-        np.array([[0.5, 0.2]], np.float32),
-        None,
-        {"kind": "probs"},
-        "sum to 1",
-        id="probs-rows",
-    ),
-    pytest.param(
-        np.array([1.2], np.float32),
-        None,
-        {"kind": "binary_probs"},
-        r"outside \[0, 1\]",
-        id="binary-probs-range",
-    ),
-    pytest.param(
-        np.zeros((2, 3), np.float32),
-        np.array([0, 3], np.int32),
-        {},
-        r"out of range.*\[0, 3\)",
-        id="label-too-big",
-    ),
-    pytest.param(
-        np.zeros((2, 3), np.float32),
-        np.array([-1, 0], np.int32),
-        {},
-        r"out of range",
-        id="label-negative",
-    ),
-    pytest.param(
-        np.zeros((2, 3), np.float32),
-        np.array([-100, 5], np.int32),
-        {"ignore_index": -100},
-        r"out of range.*-100",
-        id="label-ignore",
-    ),
-    pytest.param(
-        np.zeros((3, 2), np.float32),
-        np.array([0, 3], np.int32),
-        {"axis": 0},
-        r"out of range.*\[0, 3\)",
-        id="label-axis0",
-    ),
-    pytest.param(
-        np.zeros(2, np.float32),
-        np.array([0.0, np.nan], np.float32),
-        {"kind": "binary_logits"},
-        "`labels` contain NaN",
-        id="label-nan",
-    ),
-    pytest.param(
-        np.zeros(2, np.float32),
-        np.array([0.0, 1.1], np.float32),
-        {"kind": "binary_logits"},
-        r"`labels` outside \[0, 1\]",
-        id="binary-label-range",
-    ),
-    pytest.param(
-        np.zeros((1, 2), np.float32),
-        np.array([[0.3, 0.3]], np.float32),
-        {},
-        "targets do not sum to 1",
-        id="targets-rows",
-    ),
+# (option, bad value): each for every loss that takes the option.
+BAD_OPTIONS = [
+    ("reduction", "avg"),  # ValueError (TypeError under the test type checker)
+    ("class_weights", np.ones(5, F32)),
+    ("label_smoothing", 1.5),
+    ("base", 1),
+    ("z_loss", -1.0),
+]
+CLOSED_FORM_BAD = [
+    pytest.param(loss, {option: value}, id=f"{loss.name}-{option}")
+    for option, value in BAD_OPTIONS
+    for loss in taking(option)
 ]
 
 
-@pytest.mark.parametrize("jit", list(JITS))
-@pytest.mark.parametrize("inputs, labels, kwargs, match", VALIDATE_BAD)
-def test_validate_rejects(inputs, labels, kwargs, match, jit):
-    fn = JITS[jit](functools.partial(jaxce.validate, **kwargs))
-    call_args = [jnp.asarray(a) for a in (inputs, labels) if a is not None]
-    errors = RUNTIME_ERRORS if jit == "jax.jit" else eqx.EquinoxRuntimeError
-    with pytest.raises(errors, match=match):
-        jax.block_until_ready(fn(*call_args))
+@pytest.mark.parametrize("loss, kwargs", CLOSED_FORM_BAD)
+def test_closed_form_bad_options_raise_like_the_loss(loss: Loss, kwargs):
+    # Against the loss's own checks (unwrapped): a closed form takes the loss's
+    # signature by construction and runs the same checks, but it is not wrapped
+    # by the test-time type checker, which raises TypeError for some bad values.
+    x, y, _ = loss.example()
+    with pytest.raises((ValueError, TypeError)) as from_loss:
+        inspect.unwrap(loss.fn)(x, y, **kwargs)
+    with pytest.raises(type(from_loss.value), match=re.escape(str(from_loss.value))):
+        loss.closed_form(x, y, **kwargs)
 
 
-VALIDATE_GOOD = [
-    (
-        np.array([[0.2, 0.8], [0.5, 0.5]], np.float32),
-        np.array([1, 0], np.int32),
-        {"kind": "probs"},
-    ),
-    (
-        np.zeros((2, 3), np.float32),
-        np.array([2, -100], np.int32),
-        {"ignore_index": -100},
-    ),
-    (np.zeros((3, 2), np.float32), np.array([0, 2], np.int32), {"axis": 0}),
-    (
-        np.array([0.0, 1.0], np.float32),
-        np.array([0.0, 0.3], np.float32),
-        {"kind": "binary_probs"},
-    ),
-    (
-        np.array([1e4, -1e4], np.float32),
-        np.array([1.0, 0.0], np.float32),
-        {"kind": "binary_logits"},
-    ),
-    (np.zeros((1, 3), np.float32), np.array([[0.2, 0.3, 0.5]], np.float32), {}),
-]
+def test_closed_form_bad_inputs_name_the_argument():
+    with pytest.raises(TypeError, match="labels"):
+        closed_form.sparse_softmax_cross_entropy(jnp.zeros((2, 3)), jnp.zeros(2))
+    # ValueError (TypeError from the test-time jaxtyping check) naming the argument.
+    with pytest.raises((ValueError, TypeError), match="labels"):
+        closed_form.sigmoid_binary_cross_entropy(jnp.zeros(3), jnp.zeros(2))
+    with pytest.raises(ValueError, match="alpha"):
+        closed_form.softmax_focal_loss(jnp.zeros((2, 3)), jnp.array([0, 1]),
+                                       alpha=jnp.ones(4))  # fmt: skip
+    with pytest.raises(ValueError, match="gamma"):
+        closed_form.sigmoid_focal_loss(jnp.zeros(2), jnp.zeros(2), gamma=-1.0)
+    with pytest.raises(ValueError, match="eps"):
+        closed_form.binary_cross_entropy(jnp.zeros(2), jnp.zeros(2), eps=0.7)
 
 
-@pytest.mark.parametrize("jit", list(JITS))
-@pytest.mark.parametrize("inputs, labels, kwargs", VALIDATE_GOOD)
-def test_validate_passes_good_values_through(inputs, labels, kwargs, jit):
-    fn = JITS[jit](functools.partial(jaxce.validate, **kwargs))
-    x, y = fn(jnp.asarray(inputs), jnp.asarray(labels))
-    np.testing.assert_array_equal(np.asarray(x), inputs)
-    np.testing.assert_array_equal(np.asarray(y), labels)
-    assert y.dtype == labels.dtype
+# -- labels out of range, hyperparameters as arrays ---------------------------------
+
+LOGITS = jnp.array([[2.0, 1.0, -1.0], [0.0, 0.0, 3.0]])
+PROBS = jax.nn.softmax(LOGITS)
 
 
-@pytest.mark.parametrize("jit", ["jax.jit", "eqx.filter_jit"])
-def test_validate_inside_a_jitted_loss(jit):
-    def loss(logits, labels):
-        logits, labels = jaxce.validate(logits, labels, ignore_index=-100)
-        return jaxce.sparse_softmax_cross_entropy(logits, labels, ignore_index=-100)
-
-    loss = JITS[jit](loss)
-    # Under plain jax.jit XLA may wrap the callback's error in a ValueError.
-    errors = eqx.EquinoxRuntimeError if jit == "eqx.filter_jit" else Exception
-    z = jnp.zeros((3, 4))
-    assert float(loss(z, jnp.array([0, -100, 3]))) == pytest.approx(np.log(4.0))
-    with pytest.raises(errors, match="out of range"):
-        jax.block_until_ready(loss(z, jnp.array([0, 4, 3])))
-    with pytest.raises(errors, match="NaN"):
-        jax.block_until_ready(loss(z.at[0, 0].set(jnp.nan), jnp.array([0, 1, 3])))
+def _two_rows(loss: Loss):
+    return LOGITS if loss.inputs == "logits" else PROBS
 
 
-def test_validate_unknown_kind():
-    with pytest.raises(ValueError, match=r"`kind`.*'softmax'"):
-        inspect.unwrap(jaxce.validate)(jnp.zeros(3), kind="softmax")
+@pytest.mark.parametrize("bad", [-1, 3, -100])
+@each(where(targets="labels"))
+def test_out_of_range_label_is_nan_not_a_wrapped_class(loss: Loss, bad):
+    x, labels = _two_rows(loss), jnp.array([0, bad])
+    per_element = loss.fn(x, labels, reduction="none")
+    assert np.isfinite(per_element[0]) and np.isnan(per_element[1])
+    assert np.isnan(loss.fn(x, labels))
+    grad = jax.grad(loss.fn)(x, labels, reduction="sum")
+    closed_grad = loss.closed_form(x, labels, reduction="sum")
+    for g in (grad, closed_grad):
+        assert bool(jnp.all(jnp.isfinite(g[0]))) and bool(jnp.any(jnp.isnan(g[1])))
+    h.assert_tree_allclose(grad[0], closed_grad[0])
+    # the same label, declared absent, is simply left out
+    kept = loss.fn(x, labels, ignore_index=bad)
+    h.assert_tree_allclose(kept, loss.fn(x[:1], labels[:1]))
+
+
+@each(taking("ignore_index"))
+def test_ignore_index_accepts_numpy_integers(loss: Loss):
+    # unwrapped: the test-time annotation checker only knows the documented `int`
+    x, labels = _two_rows(loss), jnp.array([0, -100])
+    got = inspect.unwrap(loss.fn)(x, labels, ignore_index=np.int64(-100))
+    want = loss.fn(x, labels, ignore_index=-100)
+    assert float(got) == float(want)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (
+            lambda: jaxce.sparse_softmax_cross_entropy(
+                LOGITS, jnp.array([0, 1]), label_smoothing=jnp.asarray(1.5)
+            ),
+            "label_smoothing",
+        ),
+        (
+            lambda: jaxce.softmax_focal_loss(
+                LOGITS, jnp.array([0, 1]), gamma=jnp.asarray(-1.0)
+            ),
+            "gamma",
+        ),
+        (
+            lambda: jaxce.softmax_focal_loss(
+                LOGITS, jnp.array([0, 1]), alpha=jnp.array([-1.0, 1.0, 1.0])
+            ),
+            "alpha",
+        ),
+        (
+            lambda: jaxce.sigmoid_focal_loss(
+                LOGITS, LOGITS * 0, alpha=jnp.asarray(3.0)
+            ),
+            "alpha",
+        ),
+        (
+            lambda: jaxce.sparse_softmax_cross_entropy(
+                LOGITS, jnp.array([0, 1]), z_loss=np.float32(-1.0)
+            ),
+            "z_loss",
+        ),
+    ],
+)
+def test_array_hyperparameters_are_range_checked(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+@each(where(targets="distributions"))
+def test_dense_loss_given_integer_labels_names_targets(loss: Loss):
+    # unwrapped: the test-time annotation checker would reject the shapes first
+    with pytest.raises(ValueError, match=r"`targets`.*\(2, 3\).*\(2,\).*sparse"):
+        inspect.unwrap(loss.fn)(PROBS, jnp.array([0, 2]))

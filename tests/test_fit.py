@@ -198,4 +198,4 @@ def test_mismatched_data_lengths():
     with pytest.raises((ValueError, TypeError)):
         jaxce.fit(model, x, y[:-1], steps=1, key=jax.random.key(0), progress=False)
     with pytest.raises(ValueError, match="same"):
-        jaxce._train.check_data(x, y[:-1], "x", "y")
+        jaxce._training._engine.check_data(x, y[:-1], "x", "y")

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 import jaxce
-import jaxce._fused_tokens as fused_tokens
-from jaxce._fused import fused_stats
+import jaxce._fused._blocks as fused_blocks
+from jaxce._fused._blocks import Blocks, Operands, Static
+from jaxce._fused._recompute import fused_stats
 from tests.helpers import assert_tree_allclose
 
 N, D, V = 37, 16, 300  # V = 4 * 64 + 44: ragged against chunk 64
@@ -138,8 +139,11 @@ def test_token_blocks_and_class_weight_grads(token_chunk):
     y = jnp.abs(y) % V
     t = jnp.linspace(-1.0, 1.0, N)
 
+    blocks = Blocks(chunk_size=CHUNK, token_chunk=token_chunk, token_path_chunk=N)
+    st = Static(softcap=3.0, blocks=blocks, need_sum=True, reduction="none")
+
     def fused(h, w, b, cw):
-        lse, zy, sw = fused_stats(h, w, b, y, cw, 3.0, CHUNK, token_chunk, True)
+        lse, zy, sw = fused_stats(st, Operands(h, w, b, y, cw))
         return jnp.sum(1.3 * lse - 0.7 * zy + t * sw)
 
     def ref(h, w, b, cw):
@@ -162,8 +166,8 @@ def test_token_path_ragged_chunks(reduction, case, monkeypatch):
     (ragged); gradients w.r.t. every differentiable input, the hyperparameters
     included, and the value of the plain (non-differentiated) call.
     """
-    monkeypatch.setattr(fused_tokens, "TOKEN_BLOCK_ELEMENTS", 10 * V)
-    assert fused_tokens.token_chunk_for(N, V) == 10
+    monkeypatch.setattr(fused_blocks, "BLOCK_ELEMENTS", 10 * V)
+    assert fused_blocks.token_chunk_for(N, V) == 10
     h, w, b, y, cw, where = _data(seed=7)
     opts = {**_options(case, cw, where), "reduction": reduction}
     if "ignore_index" not in opts:
@@ -197,7 +201,7 @@ def test_token_path_ragged_chunks(reduction, case, monkeypatch):
 def test_token_chunk_for():
     for n, v, budget in [(37, 300, 3000), (37, 300, 1 << 24), (4097, 4096, 1 << 22),
                          (5, 10**6, 1000), (2048, 32768, 1 << 24)]:  # fmt: skip
-        t = fused_tokens.token_chunk_for(n, v, budget)
+        t = fused_blocks.token_chunk_for(n, v, budget)
         assert 1 <= t <= n
         assert t * v <= budget or t == 1
         # as few chunks as the budget allows
@@ -369,7 +373,7 @@ def _temp_bytes(fn, n, d, v):
 def test_memory_independent_of_vocabulary(monkeypatch):
     n, d, c = 512, 64, 512
     # Token path: (token_chunk, V) logits blocks of at most n * c elements.
-    monkeypatch.setattr(jaxce._fused_tokens, "TOKEN_BLOCK_ELEMENTS", n * c)
+    monkeypatch.setattr(fused_blocks, "BLOCK_ELEMENTS", n * c)
     fused = lambda h, w, y: jaxce.linear_softmax_cross_entropy(h, w, y, chunk_size=c)  # noqa: E731
     unfused = lambda h, w, y: _unfused(h, w, y)  # noqa: E731
     f_small, f_big = _temp_bytes(fused, n, d, 4096), _temp_bytes(fused, n, d, 16384)
@@ -432,6 +436,52 @@ def test_bad_input(change, error, match):
     if "vocab_axis" not in args:
         with pytest.raises(error, match=match):
             jaxce.closed_form.linear_softmax_cross_entropy(h, w, y, **args)
+
+
+def test_numpy_integer_options():
+    """``ignore_index`` and ``chunk_size`` accept any integer scalar (np.int64)."""
+    h, w, b, y, cw, _ = _data()
+    kw = dict(bias=b, class_weights=cw, label_smoothing=0.1)
+    for reduction in ["mean", "none"]:
+        got = jaxce.linear_softmax_cross_entropy(
+            h, w, y, ignore_index=np.int64(-100), reduction=reduction, **kw
+        )
+        want = jaxce.linear_softmax_cross_entropy(
+            h, w, y, ignore_index=-100, reduction=reduction, **kw
+        )
+        np.testing.assert_array_equal(got, want)
+    got = jaxce.closed_form.linear_softmax_cross_entropy(
+        h, w, y, ignore_index=np.int64(-100), **kw
+    )
+    want = jaxce.closed_form.linear_softmax_cross_entropy(
+        h, w, y, ignore_index=-100, **kw
+    )
+    assert_tree_allclose(got, want, rtol=0, atol=0)
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("v",))
+    got = jaxce.linear_softmax_cross_entropy(
+        h, w, y, ignore_index=np.int64(-100), mesh=mesh, vocab_axis="v", **kw
+    )
+    np.testing.assert_allclose(
+        got, jaxce.linear_softmax_cross_entropy(h, w, y, ignore_index=-100, **kw), **TOL
+    )
+    # chunk_size: a NumPy integer is taken as the int it holds.
+    y = jnp.abs(y) % V
+    got = jax.value_and_grad(
+        lambda h: jaxce.linear_softmax_cross_entropy(h, w, y, chunk_size=np.int64(3))
+    )(h)
+    want = jax.value_and_grad(
+        lambda h: jaxce.linear_softmax_cross_entropy(h, w, y, chunk_size=3)
+    )(h)
+    assert_tree_allclose(got, want, rtol=0, atol=0)
+    dh, _, _ = jaxce.closed_form.linear_softmax_cross_entropy(
+        h, w, y, chunk_size=np.int64(3)
+    )
+    np.testing.assert_array_equal(
+        dh, jaxce.closed_form.linear_softmax_cross_entropy(h, w, y, chunk_size=3)[0]
+    )
+    for bad, error in [(np.int64(0), ValueError), (3.0, TypeError), (True, TypeError)]:
+        with pytest.raises(error, match="chunk_size"):
+            jaxce.linear_softmax_cross_entropy(h, w, y, chunk_size=bad)
 
 
 def test_rank_errors():

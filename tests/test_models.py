@@ -104,7 +104,7 @@ def test_predict_proba_needs_a_batch():
     with pytest.raises((ValueError, TypeError)):
         predict_proba(model, jnp.ones(4))
     with pytest.raises(ValueError, match="num_examples"):
-        jaxce._models._batch_logits(model, jnp.ones(4))
+        jaxce.models._predict._batch_logits(model, jnp.ones(4))
 
 
 def test_models_work_with_grad_and_jit():

@@ -1,15 +1,19 @@
-"""The seed articles' worked numbers (DESIGN.md, "Seed figures") through jaxce.
+"""The seed articles' worked numbers (DESIGN.md, "Seed figures") through jaxce,
+the seed article's gradient descent (``examples/gradient_descent.py``), and the
+tour (``examples/tour.py``) that prints them.
 
 Each figure is asserted at the precision of its *correct* value; the PyTorch and
 Keras figures are also recomputed with the real libraries. The article data are
 copied here: nothing reads the articles at test time.
 """
 
+import contextlib
 import importlib.util
+import io
 import itertools
-import os
+import math
 import pathlib
-import subprocess
+import runpy
 import sys
 
 import jax
@@ -191,6 +195,36 @@ def test_numpy_clipped_bce():
     assert_printed(ours, "0.2899092")
 
 
+def test_seed_figures_through_the_loss_functions():
+    # softmax of scores [2, 1, -1] -> 0.7054, 0.2595, 0.0351
+    z = np.array([2.0, 1.0, -1.0], np.float32)
+    for c, p in enumerate([0.7054, 0.2595, 0.0351]):
+        nll = jaxce.sparse_softmax_cross_entropy(z[None], np.array([c], np.int32))
+        assert math.exp(-float(nll)) == pytest.approx(p, abs=5e-5)
+    # fruit containers, -log10 of the product: 1.0757 (the article printed 1.073)
+    probs = np.array([[0.7, 0.2, 0.1], [0.3, 0.4, 0.3], [0.1, 0.5, 0.4]], np.float32)
+    labels = np.array([0, 2, 2], np.int32)
+    got = jaxce.sparse_categorical_cross_entropy(
+        probs, labels, reduction="sum", base=10
+    )
+    assert float(got) == pytest.approx(-math.log10(0.7 * 0.3 * 0.4), rel=1e-6)
+    assert float(got) == pytest.approx(1.0757, abs=5e-5)
+    # TF CategoricalCrossentropy, dog = class 1: 0.1625189
+    got = jaxce.categorical_cross_entropy(
+        np.array([0.05, 0.85, 0.10], np.float32), np.array([0.0, 1.0, 0.0], np.float32)
+    )
+    assert float(got) == pytest.approx(-math.log(0.85), rel=1e-6)
+    assert float(got) == pytest.approx(0.1625189, abs=1e-7)
+    # NumPy clipped BCE: 0.2899092
+    got = jaxce.binary_cross_entropy(
+        np.array([0.8, 0.3, 0.7, 0.2], np.float32),
+        np.array([1.0, 0.0, 1.0, 0.0], np.float32),
+        eps=1e-15,
+    )
+    assert float(got) == pytest.approx(-(math.log(0.8) + math.log(0.7)) / 2, rel=1e-6)
+    assert float(got) == pytest.approx(0.2899092, abs=1e-7)
+
+
 def test_numpy_gradient_descent_is_degenerate():
     x = jnp.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [7.0, 8.0]])
     y = jnp.array([0.0, 1.0, 1.0, 0.0])
@@ -211,9 +245,53 @@ def test_numpy_gradient_descent_is_degenerate():
     assert np.array_equal(wn, [0.0, 0.0])
 
 
-def load_tour():
+# -- examples/gradient_descent.py: its weights never move, and why ------------------
+
+GD_X = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [7.0, 8.0]], np.float32)
+GD_Y = np.array([0.0, 1.0, 1.0, 0.0], np.float32)
+
+
+@pytest.fixture(scope="module")
+def gd():
+    return load_example("gradient_descent")
+
+
+def test_gradient_at_zero_is_exactly_zero():
+    residual = 1 / (1 + np.exp(-(GD_X @ np.zeros(2, np.float32)))) - GD_Y
+    np.testing.assert_array_equal(residual, [0.5, -0.5, -0.5, 0.5])
+    np.testing.assert_array_equal(GD_X.T @ residual, [0.0, 0.0])
+    g = jaxce.closed_form.sigmoid_binary_cross_entropy(jnp.zeros(4), jnp.asarray(GD_Y))
+    np.testing.assert_array_equal(np.asarray(g) @ GD_X, [0.0, 0.0])
+
+
+def test_seed_weights_never_move(gd):
+    np.testing.assert_array_equal(gd.numpy_descent(GD_X, GD_Y), [0.0, 0.0])
+    w_ad, losses = gd.autodiff_descent(GD_X, GD_Y)
+    w_cf, _ = gd.closed_form_descent(GD_X, GD_Y)
+    assert losses.shape == (1000,)
+    np.testing.assert_array_equal(np.asarray(w_ad), [0.0, 0.0])
+    np.testing.assert_array_equal(np.asarray(w_cf), [0.0, 0.0])
+    np.testing.assert_array_equal(gd.predictions(GD_X, w_ad), [0.0, 0.0, 0.0, 0.0])
+    assert np.round(0.5) == 0  # the article's rounding: half to even
+    np.testing.assert_allclose(losses, np.log(2), rtol=1e-6)
+
+
+def test_learnable_variant_decreases_the_loss(gd):
+    y = np.array([0.0, 0.0, 1.0, 1.0], np.float32)
+    w_ad, losses = gd.autodiff_descent(GD_X, y)
+    w_cf, losses_cf = gd.closed_form_descent(GD_X, y)
+    losses = np.asarray(losses)
+    assert np.all(np.diff(losses) < 0)
+    assert losses[-1] < 0.3 < np.log(2) - 1e-3 < losses[0] + 1e-3
+    np.testing.assert_allclose(w_cf, w_ad, rtol=1e-4)
+    np.testing.assert_allclose(losses_cf, losses, rtol=1e-5)
+    np.testing.assert_allclose(w_ad, gd.numpy_descent(GD_X, y), rtol=1e-4)
+    np.testing.assert_array_equal(gd.predictions(GD_X, w_ad), y)
+
+
+def load_example(name: str):
     spec = importlib.util.spec_from_file_location(
-        "jaxce_tour", ROOT / "examples" / "tour.py"
+        f"jaxce_{name}", ROOT / "examples" / f"{name}.py"
     )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -221,13 +299,35 @@ def load_tour():
     return module
 
 
-def test_tour_runs_and_prints_the_figures(capsys):
-    # In-process, under this suite's strict dtype / rank promotion. The training
-    # section (examples/train_demo.py, ~20 s of compiling) is left to the next test.
-    tour = load_tour()
-    assert list(tour.SECTIONS) == ["seeds", "gradients", "training", "fused"]
-    tour.main(["seeds", "gradients", "fused"])
-    text = capsys.readouterr().out
+def load_tour():
+    return load_example("tour")
+
+
+TOUR_SECTIONS = ["seeds", "gradients", "fused"]
+
+
+@pytest.fixture(scope="module")
+def tour_run():
+    """``python examples/tour.py seeds gradients fused``, once for the tests below:
+    the script run as ``__main__`` (its entry point, its ``sys.argv``), in-process
+    under this suite's strict dtype / rank promotion and warnings-as-errors. The
+    training section (examples/train_demo.py, ~20 s of compiling) is left to
+    `test_tour_training_section_is_wired`. Returns (the script's globals, stdout).
+    """
+    out = io.StringIO()
+    argv = [str(ROOT / "examples" / "tour.py"), *TOUR_SECTIONS]
+    old_argv, sys.argv = sys.argv, argv
+    try:
+        with contextlib.redirect_stdout(out):
+            namespace = runpy.run_path(argv[0], run_name="__main__")
+    finally:
+        sys.argv = old_argv
+    return namespace, out.getvalue()
+
+
+def test_tour_runs_and_prints_the_figures(tour_run):
+    tour, text = tour_run
+    assert list(tour["SECTIONS"]) == ["seeds", "gradients", "training", "fused"]
     lines = {line.split("  ")[0]: line for line in text.splitlines()}
     for figure, value in [
         ("softmax of scores [2, 1, -1]", "0.7054, 0.2595, 0.0351"),
@@ -257,18 +357,10 @@ def test_tour_training_section_is_wired():
     assert module is not None and callable(module.main)
 
 
-def test_tour_script_entry_point():
-    """``python examples/tour.py seeds`` runs as a script, as a newcomer runs it."""
-    out = subprocess.run(
-        [sys.executable, "-W", "error", str(ROOT / "examples" / "tour.py"), "seeds"],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"),
-        timeout=300,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr[-4000:]
-    assert "PyTorch CrossEntropyLoss" in out.stdout and "Tour done" in out.stdout
+def test_tour_script_entry_point(tour_run):
+    """``python examples/tour.py ...`` runs as a script, as a newcomer runs it."""
+    _, text = tour_run
+    assert "PyTorch CrossEntropyLoss" in text and "Tour done" in text
 
 
 @pytest.mark.parametrize("page", ["docs/index.md", "README.md"])

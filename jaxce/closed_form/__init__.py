@@ -7,25 +7,21 @@ gradients of the linear models. `jaxce.compare_gradients` holds them against
 autodiff and finite differences.
 """
 
-from .._closed_form_binary import (
+from ._binary import (
     binary_cross_entropy as binary_cross_entropy,
     sigmoid_binary_cross_entropy as sigmoid_binary_cross_entropy,
 )
-from .._closed_form_focal import (
+from ._focal import (
     sigmoid_focal_loss as sigmoid_focal_loss,
     softmax_focal_loss as softmax_focal_loss,
 )
-
-# -- fused: linear_softmax_cross_entropy (owned by the fused-loss engineer)
-from .._closed_form_fused import (
-    linear_softmax_cross_entropy as linear_softmax_cross_entropy,
-)
-from .._closed_form_linear import linear_model_grads as linear_model_grads
-from .._closed_form_probability import (
+from ._fused import linear_softmax_cross_entropy as linear_softmax_cross_entropy
+from ._linear import linear_model_grads as linear_model_grads
+from ._probability import (
     categorical_cross_entropy as categorical_cross_entropy,
     sparse_categorical_cross_entropy as sparse_categorical_cross_entropy,
 )
-from .._closed_form_softmax import (
+from ._softmax import (
     softmax_cross_entropy as softmax_cross_entropy,
     sparse_softmax_cross_entropy as sparse_softmax_cross_entropy,
 )

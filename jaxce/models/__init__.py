@@ -1,9 +1,8 @@
 """Equinox classifiers whose ``__call__`` takes one example and returns logits."""
 
-from .._models import (
+from ._linear import (
     LogisticRegression as LogisticRegression,
-    MLPClassifier as MLPClassifier,
     SoftmaxRegression as SoftmaxRegression,
-    predict as predict,
-    predict_proba as predict_proba,
 )
+from ._mlp import MLPClassifier as MLPClassifier
+from ._predict import predict as predict, predict_proba as predict_proba

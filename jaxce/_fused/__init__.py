@@ -1,0 +1,16 @@
+"""Fused linear -> softmax cross-entropy that never builds the ``(N, V)`` logits.
+
+Layering, one way (each module imports only those before it):
+``_blocks`` (block sizes, vocabulary-block kernels) <- ``_prepare`` (argument
+checks) <- ``_recompute`` (statistics with recompute-in-backward, per-token
+loss) <- ``_tokens`` (token-chunked gradients in the forward) and
+``_vocab_parallel`` (``shard_map``) <- ``_api`` (the public function).
+"""
+
+from ._api import linear_softmax_cross_entropy as linear_softmax_cross_entropy
+from ._prepare import prepare as prepare
+from ._tokens import (
+    Want as Want,
+    coefficients as coefficients,
+    token_chunk_grads as token_chunk_grads,
+)

@@ -1,0 +1,169 @@
+"""`linear_softmax_cross_entropy`: the public fused loss and its dispatch.
+
+One device: scalar reductions go through the token path (`token_path_loss`,
+gradients in the forward), ``reduction="none"`` through the recompute path
+(`recompute_loss`). With a ``mesh``: the vocabulary-parallel loss
+(`vocab_parallel_loss`).
+"""
+
+from __future__ import annotations
+
+import jax
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
+
+from .._core import IndexLike, Number, Reduction, ScalarLike
+from ._prepare import prepare
+from ._recompute import recompute_loss
+from ._tokens import token_path_loss
+from ._vocab_parallel import check_layout, vocab_parallel_loss
+
+
+def linear_softmax_cross_entropy(
+    hidden: Float[ArrayLike, "_tokens _features"],
+    weight: Float[ArrayLike, "_vocab _features"],
+    labels: Int[ArrayLike, " _tokens"],
+    *,
+    bias: Float[ArrayLike, " _vocab"] | None = None,
+    class_weights: Float[ArrayLike, " _vocab"] | None = None,
+    ignore_index: IndexLike | None = None,
+    label_smoothing: ScalarLike = 0.0,
+    z_loss: ScalarLike = 0.0,
+    softcap: Number | None = None,
+    where: Bool[ArrayLike, " _tokens"] | None = None,
+    reduction: Reduction = "mean",
+    chunk_size: IndexLike | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    batch_axis: str | tuple[str, ...] | None = None,
+    vocab_axis: str | tuple[str, ...] | None = None,
+) -> Float[Array, "..."]:
+    r"""Linear layer + sparse softmax cross-entropy without materialising logits.
+
+    Equal (value and gradients w.r.t. ``hidden``, ``weight``, ``bias`` and
+    ``class_weights``) to
+
+        sparse_softmax_cross_entropy(z, labels, ...),
+        z = hidden @ weight.T + bias          (softcap c: z = c * tanh(z / c))
+
+    i.e. per token, with $\operatorname{lse} = \log\sum_c e^{z_c}$ over the $V$
+    classes, class weights $w$ and smoothing $\varepsilon$:
+
+    $$L = (1 - \varepsilon)\, w_y (\operatorname{lse} - z_y)
+        + \frac{\varepsilon}{V} \sum_c w_c (\operatorname{lse} - z_c)
+        + \lambda\, \operatorname{lse}^2$$
+
+    reduced as in `jaxce.sparse_softmax_cross_entropy` (``"mean"`` divides by
+    the sum of $w_y$ over present tokens, PyTorch's ``F.cross_entropy``).
+
+    Not differentiated, the logits are formed in ``chunk_size``-class blocks
+    (and, for many tokens, token blocks of ~16 Mi logits in all, at least 256
+    tokens) with float32 accumulation (``preferred_element_type``), also for
+    bf16 / fp16 input; the softmax statistics are accumulated online; no
+    gradient work is done.
+
+    Differentiated, with a scalar ``reduction`` (``"mean"``, ``"sum"``,
+    ``"sum_over_batch_size"``), the gradients are computed in the forward pass
+    (as Liger Kernel does) over chunks of ``T`` tokens: each chunk's
+    full-vocabulary ``(T, V)`` logits, its ``logsumexp``, the analytic ``dz``
+    (see `jaxce.closed_form.linear_softmax_cross_entropy`), ``dH = dz @ W``
+    and ``dW += dz.T @ H`` (in ``chunk_size``-class slices): three matmuls, as
+    the unfused loss. ``T = max(1, 2**24 // V)`` evened over the tokens (a
+    ~64 MiB float32 logits block; all tokens when ``N * V`` is smaller), so the
+    extra memory is that block plus float32 gradient accumulators (``dW`` is a
+    separate float32 buffer only for bf16 / fp16 weights), never O(N * V). The
+    saved residuals are the gradients themselves; the backward only scales them
+    by the cotangent. Gradients that are not asked for (e.g. ``weight`` frozen)
+    are skipped, their matmul included.
+
+    With ``reduction="none"`` only the per-token ``logsumexp`` is saved and the
+    backward recomputes each ``chunk_size``-class block (as Cut Cross Entropy
+    does; four matmuls), so the extra memory is O(block + N * D).
+    Gradients come back in the input dtypes; ``dz`` is cast to the input dtype
+    before its two matmuls (as the unfused bf16 backward does).
+    ``jit``, ``grad`` and ``vmap`` work; forward-mode autodiff (``jvp``,
+    ``jacfwd``, ``hessian``) does not (a ``jax.custom_vjp``): use the unfused
+    loss for those.
+
+    Args:
+        hidden: ``(N, D)`` activations.
+        weight: ``(V, D)`` classifier (PyTorch ``nn.Linear`` layout), same dtype as
+            ``hidden``.
+        labels: ``(N,)`` integer classes in ``[0, V)``. A present label outside
+            ``[0, V)`` (not ``ignore_index``, not masked by ``where``) is not
+            wrapped or clipped: that token's loss is NaN (as in
+            `jaxce.sparse_softmax_cross_entropy`), so the reduced loss is NaN,
+            and so are the gradients it reaches, on every path (differentiated
+            or not, sharded or not). For a clear run-time error instead, check
+            the labels with `jaxce.validate`.
+        bias: ``(V,)`` or None.
+        class_weights: ``(V,)`` per-class weights $w$.
+        ignore_index: label marking absent tokens (PyTorch ``-100``); any
+            integer scalar (``int``, ``np.int64``).
+        label_smoothing: $\varepsilon \in [0, 1)$, towards uniform over $V$.
+        z_loss: $\lambda \ge 0$, weight of ``lse**2`` (PaLM).
+        softcap: $c > 0$: logits ``c * tanh(z / c)`` (Gemma 2), or None.
+        where: ``(N,)`` boolean **per-token** mask (False tokens are absent); there
+            is no per-class mask here.
+        reduction: ``"none"``, ``"sum"``, ``"mean"`` or ``"sum_over_batch_size"``.
+        chunk_size: classes per block (of the statistics pass, of the
+            recompute backward and of the ``dW`` update in the token-chunked
+            gradient pass), an integer scalar >= 1 (``int`` or a NumPy
+            integer); None picks 2048 (clipped to ``V``). ``V`` need not be a
+            multiple of it. The token chunks are automatic.
+        mesh, batch_axis, vocab_axis: run vocabulary- / data-parallel under
+            ``shard_map`` (Megatron-style); ``mesh=None`` runs on one device.
+            ``hidden`` / ``labels`` / ``where`` are split over ``batch_axis``
+            and ``weight`` / ``bias`` / ``class_weights`` over ``vocab_axis``
+            (either may be None: replicated; the two must not share mesh
+            axes). ``N`` must be divisible by the size of ``batch_axis`` and
+            ``V`` by that of ``vocab_axis``; ``chunk_size`` applies to each
+            device's vocabulary block. Each device streams its own block and
+            only per-token statistics are all-reduced: neither ``weight`` nor
+            the logits are gathered, the backward recomputes the blocks, and
+            the gradients come back sharded like their inputs. Label smoothing
+            divides by the global ``V``. With a mesh of ``Explicit`` axes (the
+            default of ``jax.make_mesh``), an *eager* ``jax.grad`` must run
+            inside ``with jax.set_mesh(mesh):`` (or under ``jax.jit``): outside
+            it JAX cannot form the cotangent of an explicitly sharded output
+            ("Length of device assignment 1 is not equal to the size of the
+            mesh").
+
+    Returns:
+        ``(N,)`` losses for ``"none"`` (absent tokens 0), else a scalar; dtype of
+        ``hidden``.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, jaxce
+        >>> h = jnp.array([[1.0, 0.0], [0.5, -1.0], [0.0, 2.0]])
+        >>> w = jnp.array([[1.0, 1.0], [-1.0, 0.5], [0.0, 1.0], [2.0, 0.0]])
+        >>> y = jnp.array([0, 3, 2])
+        >>> print(jaxce.linear_softmax_cross_entropy(h, w, y, chunk_size=3))
+        0.91970
+        >>> print(jaxce.sparse_softmax_cross_entropy(h @ w.T, y))
+        0.91970
+        >>> dh, dw = jax.grad(jaxce.linear_softmax_cross_entropy, (0, 1))(h, w, y)
+        >>> print(dw[0])
+        [-0.22948  0.21653]
+
+    References:
+        Wijmans et al., *Cut Your Losses in Large-Vocabulary Language Models*
+        (Cut Cross-Entropy), 2024, https://arxiv.org/abs/2411.09009;
+        Hsu et al., *Liger Kernel*, 2024, https://arxiv.org/abs/2410.10989;
+        Shoeybi et al., *Megatron-LM*, 2019 (vocabulary-parallel
+        cross-entropy), https://arxiv.org/abs/1909.08053.
+    """
+    if mesh is None:
+        if batch_axis is not None or vocab_axis is not None:
+            raise ValueError("`batch_axis` / `vocab_axis` need a `mesh`.")
+        layout = None
+    else:
+        layout = check_layout(mesh, batch_axis, vocab_axis)
+    p = prepare(
+        hidden, weight, labels, bias=bias, class_weights=class_weights,
+        ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss,
+        softcap=softcap, where=where, reduction=reduction, chunk_size=chunk_size,
+    )  # fmt: skip
+    if layout is not None:
+        return vocab_parallel_loss(p, layout)
+    if p.reduction != "none":
+        return token_path_loss(p)
+    return recompute_loss(p)

@@ -1,0 +1,327 @@
+"""Block sizes and chunked kernels of the fused linear -> cross-entropy.
+
+The logits ``z = softcap(hidden @ weight.T + bias)`` are only ever formed one
+block at a time, in float32 (float64 for float64 input). Every block size comes
+from one element budget, `BLOCK_ELEMENTS` (see `block_sizes`).
+
+The two kernels here (`chunk_stats`, `chunk_grads`) walk *vocabulary* blocks of
+``token_chunk x chunk_size`` logits and work on a vocabulary *slice*: the whole
+vocabulary for the single-device loss, one shard of it under ``shard_map``.
+Ragged sizes need no padding copy: the last vocabulary chunk starts at
+``V - chunk_size`` (it overlaps the previous one) and its columns that the
+previous chunk already covered are masked out; the same for the last token block.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple, TypeVar, cast
+
+import jax.numpy as jnp
+from jax import lax
+from jaxtyping import Array
+
+from .._core import compute_dtype
+
+C = TypeVar("C")
+
+BLOCK_ELEMENTS = 1 << 24
+"""The one logits-block budget: 16 Mi elements (64 MiB in float32)."""
+DEFAULT_CHUNK = 2048
+"""Classes per vocabulary block when ``chunk_size`` is None."""
+MIN_TOKEN_BLOCK = 256
+"""Fewest tokens per vocabulary block (keeps the matmul from degenerating)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Blocks:
+    """Block sizes of one call (see `block_sizes`)."""
+
+    chunk_size: int  # classes per vocabulary block
+    token_chunk: int  # tokens per vocabulary block (statistics, recompute)
+    token_path_chunk: int  # tokens per full-vocabulary chunk of the token path
+
+
+def token_chunk_for(n: int, v: int, budget: int | None = None) -> int:
+    """Tokens per full-vocabulary chunk of the token path.
+
+    At most ``budget // v`` tokens (default `BLOCK_ELEMENTS`), at least 1; the
+    chunks are then evened out (``ceil(n / chunks)``) and rounded up to a
+    multiple of 8 where that fits.
+    """
+    budget = BLOCK_ELEMENTS if budget is None else budget
+    t_max = max(1, min(n, budget // max(v, 1)))
+    chunks = -(-n // t_max)
+    t = -(-n // chunks)
+    t8 = -(-t // 8) * 8
+    return t8 if t8 <= min(t_max, n) else t
+
+
+def block_sizes(
+    n: int, v: int, chunk_size: int | None = None, budget: int | None = None
+) -> Blocks:
+    """Every block size for ``n`` tokens and a vocabulary (slice) of ``v`` classes.
+
+    All derive from one element budget ``B`` (default `BLOCK_ELEMENTS`, read at
+    call time), so no logits block is larger than ``B`` elements:
+
+    - vocabulary blocks (the statistics pass, the recompute backward and, under
+      a mesh, each device's slice): ``chunk_size`` classes (default 2048,
+      clipped to ``v``) by ``B // chunk_size`` tokens (at least 256, clipped to
+      ``n``), i.e. ``chunk_size x (B // chunk_size)`` logits. These passes
+      stream the vocabulary, so a block only needs to be large enough for an
+      efficient matmul;
+    - the token path (scalar reductions, differentiated) needs each token's
+      *full-vocabulary* logits row (for the analytic ``dz``), so its block is
+      ``(T, v)`` with ``T = token_chunk_for(n, v, B)``: the budget itself. A
+      large ``T`` matters there, since every chunk adds into the whole ``dW``.
+    """
+    budget = BLOCK_ELEMENTS if budget is None else budget
+    c = max(1, min(DEFAULT_CHUNK if chunk_size is None else chunk_size, v))
+    t = max(1, min(n, max(MIN_TOKEN_BLOCK, budget // c)))
+    return Blocks(c, t, token_chunk_for(n, v, budget))
+
+
+@dataclasses.dataclass(frozen=True)
+class Static:
+    """Hashable static configuration of one call (a custom_vjp nondiff arg)."""
+
+    softcap: float | None
+    blocks: Blocks
+    need_sum: bool  # label smoothing: sum_c w_c z_c is needed
+    reduction: str
+
+
+class Operands(NamedTuple):
+    """What the logits and their statistics are computed from.
+
+    ``labels`` are local to the vocabulary slice (global label minus the slice's
+    first class); labels outside ``[0, V)`` add nothing. ``class_weights``
+    (``(V,)`` or None) only enter ``sum_wz`` (label smoothing).
+    """
+
+    hidden: Array  # (N, D)
+    weight: Array  # (V, D): rows = classes
+    bias: Array | None  # (V,)
+    labels: Array  # (N,) int
+    class_weights: Array | None  # (V,)
+
+
+class Stats(NamedTuple):
+    """Per-token statistics ``(lse, z_y, sum_wz)`` (or their cotangents).
+
+    ``lse = logsumexp_c z``, ``z_y`` the target logit and ``sum_wz = sum_c w_c
+    z_c`` (zeros unless label smoothing needs it).
+    """
+
+    lse: Array
+    z_y: Array
+    sum_wz: Array
+
+
+class Online(NamedTuple):
+    """Online softmax statistics of a slice: ``m = max_c z``, ``s = sum e^(z-m)``."""
+
+    m: Array
+    s: Array
+    z_y: Array
+    sum_wz: Array
+
+    def lse(self) -> Array:
+        return lse_from_stats(self.m, self.s)
+
+
+class Grads(NamedTuple):
+    """``(d_hidden, d_weight, d_bias, d_class_weights)`` of a kernel."""
+
+    d_hidden: Array
+    d_weight: Array
+    d_bias: Array | None
+    d_class_weights: Array | None
+
+
+def lse_from_stats(m: Array, s: Array) -> Array:
+    """``logsumexp`` from the running max ``m`` and ``s = sum exp(z - m)``."""
+    return jnp.where(jnp.isfinite(m), m, 0) + jnp.log(s)
+
+
+def logits_block(h: Array, w: Array, b: Array | None, softcap, cdt) -> Array:
+    """``softcap(h @ w.T + b)`` in the compute dtype ``cdt``: (T, C)."""
+    z = lax.dot_general(h, w, (((1,), (1,)), ((), ())), preferred_element_type=cdt)
+    if b is not None:
+        z = z + b.astype(cdt)[None, :]
+    if softcap is not None:
+        c = jnp.asarray(softcap, cdt)
+        z = c * jnp.tanh(z / c)
+    return z
+
+
+def chunk_start(j, size: int, total: int):
+    """Start of chunk ``j`` and the first index it owns (overlap for the last)."""
+    lo = j * size
+    return jnp.minimum(lo, total - size), lo
+
+
+def token_blocks(n: int, t: int, fn: Callable[[C, Any, Any], C], carry: C) -> C:
+    """Run ``fn(carry, start, lo)`` over token blocks (directly when one block)."""
+    if t >= n:
+        return fn(carry, 0, 0)
+
+    def body(c: C, i) -> tuple[C, None]:
+        start, lo = chunk_start(i, t, n)
+        return fn(c, start, lo), None
+
+    return lax.scan(body, carry, jnp.arange(-(-n // t)))[0]
+
+
+def chunk_stats(ops: Operands, st: Static) -> Online:
+    """Per-token online softmax statistics of the logits against a slice.
+
+    Returns `Online` ``(m, s, z_y, sum_wz)``, each ``(N,)`` in the compute
+    dtype (``sum_wz`` zeros unless ``st.need_sum``). Shards combine with
+    ``M = pmax(m)``, ``S = psum(s * exp(m - M))`` and ``psum`` of ``z_y`` and
+    ``sum_wz``.
+    """
+    hidden, weight, bias, labels, _ = ops
+    class_weights = ops.class_weights if st.need_sum else None
+    n, v = hidden.shape[0], weight.shape[0]
+    cdt = compute_dtype(hidden.dtype, weight.dtype)
+    c, t = st.blocks.chunk_size, st.blocks.token_chunk
+    neg_inf = jnp.asarray(-jnp.inf, cdt)
+    zero = jnp.zeros((), cdt)
+
+    def block(outs, t_start, t_lo):
+        h = lax.dynamic_slice_in_dim(hidden, t_start, t, 0)
+        lab = lax.dynamic_slice_in_dim(labels, t_start, t, 0)
+
+        def vocab_step(acc, j):
+            m, s, zy, sw = acc
+            start, lo = chunk_start(j, c, v)
+            w = lax.dynamic_slice_in_dim(weight, start, c, 0)
+            b = None if bias is None else lax.dynamic_slice_in_dim(bias, start, c)
+            z = logits_block(h, w, b, st.softcap, cdt)
+            valid = (start + jnp.arange(c)) >= lo
+            zm = jnp.where(valid[None, :], z, neg_inf)
+            m_new = jnp.maximum(m, jnp.max(zm, axis=-1))
+            m_safe = jnp.where(jnp.isfinite(m_new), m_new, zero)
+            s = s * jnp.exp(m - m_safe) + jnp.sum(jnp.exp(zm - m_safe[:, None]), -1)
+            hit = (lab >= lo) & (lab < start + c)
+            idx = jnp.clip(lab - start, 0, c - 1)[:, None]
+            zy = zy + jnp.where(hit, jnp.take_along_axis(z, idx, axis=1)[:, 0], zero)
+            if st.need_sum:
+                wz = z
+                if class_weights is not None:
+                    cw = lax.dynamic_slice_in_dim(class_weights, start, c)
+                    wz = z * cw.astype(cdt)[None, :]
+                sw = sw + jnp.sum(jnp.where(valid[None, :], wz, zero), axis=-1)
+            return (m_new, s, zy, sw), None
+
+        init = (jnp.full((t,), neg_inf),) + tuple(jnp.zeros((t,), cdt) for _ in "szw")
+        stats, _ = lax.scan(vocab_step, init, jnp.arange(-(-v // c)))
+        return tuple(
+            lax.dynamic_update_slice_in_dim(o, x, t_start, 0)
+            for o, x in zip(outs, stats)
+        )
+
+    init = tuple(jnp.zeros((n,), cdt) for _ in range(4))
+    return Online(*cast(tuple[Array, ...], token_blocks(n, t, block, init)))
+
+
+def chunk_grads(
+    ops: Operands, lse: Array, cts: Stats, st: Static, *, weight_grad_dtype=None
+) -> Grads:
+    """Gradients through the logits, given per-token cotangents ``cts``.
+
+    Recomputes each logits block and forms
+
+        dz[n, c] = g_lse[n] * exp(z[n, c] - lse[n]) + g_zy[n] * [c == labels[n]]
+                   + g_sum[n] * w_c
+
+    (times ``1 - (z / softcap)**2`` with a soft cap): the cotangent of ``z`` when
+    the `Stats` ``lse``, ``z_y``, ``sum_wz`` have cotangents ``cts``
+    (``cts.sum_wz`` is ignored unless ``st.need_sum``). ``lse`` is the *full*
+    (all-shard) logsumexp; ``weight_grad_dtype`` defaults to ``weight.dtype``.
+
+    Returns `Grads`: ``d_hidden (N, D)`` in the compute dtype (partial over the
+    slice: sum it over vocabulary shards), ``d_weight (V, D)``, ``d_bias (V,)``
+    in the compute dtype (None without bias), ``d_class_weights (V,)`` (None
+    unless ``st.need_sum`` and class weights are given).
+    """
+    hidden, weight, bias, labels, _ = ops
+    class_weights = ops.class_weights if st.need_sum else None
+    n, d = hidden.shape
+    v = weight.shape[0]
+    cdt = compute_dtype(hidden.dtype, weight.dtype)
+    in_dt = jnp.result_type(hidden, weight)
+    wdt = weight.dtype if weight_grad_dtype is None else weight_grad_dtype
+    c, t = st.blocks.chunk_size, st.blocks.token_chunk
+    zero = jnp.zeros((), cdt)
+    g_lse, g_zy = cts.lse.astype(cdt), cts.z_y.astype(cdt)
+    g_sum = cts.sum_wz.astype(cdt) if st.need_sum else None
+
+    def vocab_step(carry, j):
+        dh, dw, db, dcw = carry
+        start, lo = chunk_start(j, c, v)
+        w = lax.dynamic_slice_in_dim(weight, start, c, 0)
+        b = None if bias is None else lax.dynamic_slice_in_dim(bias, start, c)
+        cw = None
+        if class_weights is not None:
+            cw = lax.dynamic_slice_in_dim(class_weights, start, c).astype(cdt)
+        cols = start + jnp.arange(c)
+        valid = cols >= lo
+
+        def block(acc, t_start, t_lo):
+            dh, dwj, dbj, dcwj = acc
+            sl = lambda x: lax.dynamic_slice_in_dim(x, t_start, t, 0)  # noqa: E731
+            h, lab = sl(hidden), sl(labels)
+            z = logits_block(h, w, b, st.softcap, cdt)
+            dz = sl(g_lse)[:, None] * jnp.exp(z - sl(lse)[:, None])
+            dz = dz + jnp.where(cols[None, :] == lab[:, None], sl(g_zy)[:, None], zero)
+            if g_sum is not None:
+                gs = sl(g_sum)[:, None]
+                dz = dz + (gs if cw is None else gs * cw[None, :])
+            if st.softcap is not None:
+                dz = dz * (1 - jnp.square(z / jnp.asarray(st.softcap, cdt)))
+            rows = (t_start + jnp.arange(t)) >= t_lo
+            mask = rows[:, None] & valid[None, :]
+            dz = jnp.where(mask, dz, zero)
+            dzc = dz.astype(in_dt)
+            dims = (((1,), (0,)), ((), ()))
+            dh_blk = lax.dot_general(dzc, w, dims, preferred_element_type=cdt)
+            dh = lax.dynamic_update_slice_in_dim(dh, sl(dh) + dh_blk, t_start, 0)
+            dims_w = (((0,), (0,)), ((), ()))
+            dwj = dwj + lax.dot_general(dzc, h, dims_w, preferred_element_type=cdt)
+            if dbj is not None:
+                dbj = dbj + jnp.sum(dz, axis=0)
+            if dcwj is not None and g_sum is not None:
+                gz = jnp.where(mask, sl(g_sum)[:, None] * z, zero)
+                dcwj = dcwj + jnp.sum(gz, axis=0)
+            return dh, dwj, dbj, dcwj
+
+        acc = (
+            dh,
+            jnp.zeros((c, d), cdt),
+            None if db is None else jnp.zeros((c,), cdt),
+            None if dcw is None else jnp.zeros((c,), cdt),
+        )
+        dh, dwj, dbj, dcwj = token_blocks(n, t, block, acc)
+
+        def put(full, part):
+            old = lax.dynamic_slice_in_dim(full, start, c, 0)
+            new = old + part.astype(full.dtype)
+            return lax.dynamic_update_slice_in_dim(full, new, start, 0)
+
+        dw = put(dw, dwj)
+        db = None if db is None else put(db, dbj)
+        dcw = None if dcw is None else put(dcw, dcwj)
+        return (dh, dw, db, dcw), None
+
+    init = (
+        jnp.zeros((n, d), cdt),
+        jnp.zeros((v, d), wdt),
+        None if bias is None else jnp.zeros((v,), cdt),
+        None if class_weights is None else jnp.zeros((v,), cdt),
+    )
+    out, _ = lax.scan(vocab_step, init, jnp.arange(-(-v // c)))
+    return Grads(*out)

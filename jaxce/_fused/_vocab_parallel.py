@@ -1,0 +1,306 @@
+r"""Vocabulary-parallel (Megatron-style) fused ``linear -> cross-entropy``.
+
+Under ``jax.shard_map`` each device holds a block of rows of ``hidden`` /
+``labels`` (split over ``batch_axis``) and a block of rows of ``weight`` /
+``bias`` / ``class_weights`` (split over ``vocab_axis``). Each device streams its
+own vocabulary block with the vocabulary-block kernels of the single-device
+loss, keeping per-token statistics only, and the statistics are combined across
+the vocabulary axis with all-reduces:
+
+- ``pmax`` of the running max ``m`` and ``psum`` of ``sum_c exp(z_c - M)``
+  (the global log-sum-exp);
+- ``psum`` of the target logit ``z_y`` and of its class weight ``w_y`` (only the
+  device owning class ``y`` adds them);
+- with label smoothing, ``psum`` of ``sum_c w_c z_c``; smoothing then divides by
+  the **global** vocabulary size ``V`` (dividing by the local block size is
+  Megatron-LM issue #737).
+
+The backward pass (a ``jax.custom_vjp`` around the ``shard_map``) recomputes each
+logits block, so memory stays O(block) in both passes. The hidden gradient is
+``psum``-ed over the vocabulary axis; the weight, bias and class-weight gradients
+over the batch axis, so they come back sharded like ``weight``. Neither
+``weight`` nor the logits are ever gathered. What follows the per-token
+statistics (class weights, smoothing, z-loss, masks, reductions) is ``(N,)``
+arithmetic outside the ``shard_map`` (`token_losses`), as in
+`jaxce.sparse_softmax_cross_entropy`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import cast
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jaxtyping import Array
+
+from ._blocks import Operands, Static, Stats, chunk_grads, chunk_stats, lse_from_stats
+from ._prepare import Prepared
+from ._recompute import token_losses
+
+AxisName = str | tuple[str, ...] | None
+
+
+def _names(axis: AxisName) -> tuple[str, ...]:
+    if axis is None:
+        return ()
+    return (axis,) if isinstance(axis, str) else tuple(axis)
+
+
+def _axis_size(mesh: Mesh, axis: AxisName, name: str) -> int:
+    size = 1
+    for a in _names(axis):
+        if a not in mesh.shape:
+            raise ValueError(
+                f"`{name}`={axis!r} names an axis that is not in the mesh; its axes "
+                f"are {tuple(mesh.axis_names)}."
+            )
+        size *= mesh.shape[a]
+    return size
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where one sharded call's arrays live (hashable: a custom_vjp nondiff arg).
+
+    Build with `check_layout`.
+    """
+
+    mesh: Mesh
+    batch_axis: AxisName
+    vocab_axis: AxisName
+
+    def size(self, axis: AxisName) -> int:
+        return int(np.prod([self.mesh.shape[a] for a in _names(axis)]))
+
+    def psum_vocab(self, x):
+        return lax.psum(x, self.vocab_axis) if self.size(self.vocab_axis) > 1 else x
+
+    def psum_batch(self, x):
+        return lax.psum(x, self.batch_axis) if self.size(self.batch_axis) > 1 else x
+
+    def vocab_offset(self, v_local: int):
+        """First global class of this device's vocabulary block."""
+        index = 0
+        for a in _names(self.vocab_axis):  # row-major over a tuple of axes
+            index = index * self.mesh.shape[a] + lax.axis_index(a)
+        return index * v_local
+
+    def row(self) -> P:
+        return P(self.batch_axis)
+
+    def specs(self, ops: Operands) -> Operands:
+        """``shard_map`` specs of the operands (None for absent ones)."""
+        vocab = P(self.vocab_axis)
+        opt = lambda x: None if x is None else vocab  # noqa: E731
+        specs = (
+            P(self.batch_axis, None),
+            P(self.vocab_axis, None),
+            opt(ops.bias),
+            self.row(),
+            opt(ops.class_weights),
+        )
+        return Operands._make(specs)  # a spec tree shaped like the operands
+
+    def place(self, x, spec):
+        """Reshard ``x`` onto ``spec`` on meshes with explicit axis types.
+
+        Auto meshes need nothing: ``shard_map`` reshards its inputs itself.
+        """
+        if x is None or not _names(self.batch_axis) + _names(self.vocab_axis):
+            return x
+        if all(t == AxisType.Explicit for t in self.mesh.axis_types):
+            return jax.sharding.reshard(x, NamedSharding(self.mesh, spec))
+        return x
+
+
+def check_layout(mesh: object, batch_axis: AxisName, vocab_axis: AxisName) -> Layout:
+    """Check the mesh arguments (before the other arguments are checked)."""
+    if not isinstance(mesh, Mesh):
+        raise TypeError(f"`mesh` must be a jax.sharding.Mesh, got {type(mesh)}.")
+    _axis_size(mesh, batch_axis, "batch_axis")
+    _axis_size(mesh, vocab_axis, "vocab_axis")
+    shared = set(_names(batch_axis)) & set(_names(vocab_axis))
+    if shared:
+        raise ValueError(
+            f"`batch_axis`={batch_axis!r} and `vocab_axis`={vocab_axis!r} share the "
+            f"mesh axes {sorted(shared)}; use different axes."
+        )
+    return Layout(mesh, batch_axis, vocab_axis)
+
+
+def _localise(lay: Layout, ops: Operands) -> Operands:
+    """The operands with labels relative to this device's vocabulary block."""
+    v_local = ops.weight.shape[0]
+    y = ops.labels
+    return ops._replace(labels=y - jnp.asarray(lay.vocab_offset(v_local), y.dtype))
+
+
+def _owned(ops: Operands) -> Array:
+    """Tokens whose (local) label is in this device's vocabulary block."""
+    return (ops.labels >= 0) & (ops.labels < ops.weight.shape[0])
+
+
+def _local_stats(lay: Layout, st: Static, ops: Operands):
+    """Per-token ``(lse, z_y, sum_wz, w_y)`` of this device's rows, all classes."""
+    ops = _localise(lay, ops)
+    m, s, zy, sw = chunk_stats(ops, st)
+    if lay.size(lay.vocab_axis) > 1:
+        big = lax.pmax(m, lay.vocab_axis)
+        big_safe = jnp.where(jnp.isfinite(big), big, 0)
+        s = lax.psum(s * jnp.exp(m - big_safe), lay.vocab_axis)
+        m = big
+    lse = lse_from_stats(m, s)
+    cw = ops.class_weights
+    if cw is None:
+        wy = jnp.zeros_like(zy)
+    else:
+        v_local = ops.weight.shape[0]
+        wy = jnp.where(_owned(ops), cw[jnp.clip(ops.labels, 0, v_local - 1)], 0)
+    zy, sw, wy = (lay.psum_vocab(x) for x in (zy, sw, wy))
+    return lse, zy, sw, wy
+
+
+def _local_grads(lay: Layout, st: Static, ops: Operands, lse, cts):
+    """This device's share of the gradients; all-reduced to the input shardings."""
+    ops = _localise(lay, ops)
+    h, w, b, _, cw = ops
+    g_lse, g_zy, g_sum, g_wy = cts
+    cdt = lse.dtype
+    g = chunk_grads(
+        ops,
+        lse,
+        Stats(g_lse, g_zy, g_sum),
+        st,
+        weight_grad_dtype=w.dtype if lay.batch_axis is None else cdt,
+    )
+    dh = lay.psum_vocab(g.d_hidden).astype(h.dtype)
+    dw = lay.psum_batch(g.d_weight).astype(w.dtype)
+    db = g.d_bias
+    if b is not None and db is not None:
+        db = lay.psum_batch(db).astype(b.dtype)
+    dcw = g.d_class_weights
+    if cw is not None:
+        # d w_y / d cw: scatter g_wy onto the owned labels (others dropped).
+        v_local = w.shape[0]
+        idx = jnp.where(_owned(ops), ops.labels, v_local)
+        d_wy = jnp.zeros((v_local,), cdt).at[idx].add(g_wy.astype(cdt), mode="drop")
+        dcw = d_wy if dcw is None else dcw.astype(cdt) + d_wy
+        dcw = lay.psum_batch(dcw).astype(cw.dtype)
+    return dh, dw, db, dcw
+
+
+def _stats_call(lay: Layout, st: Static, ops: Operands):
+    row = lay.row()
+    fn = jax.shard_map(
+        functools.partial(_local_stats, lay, st),
+        mesh=lay.mesh,
+        in_specs=(lay.specs(ops),),
+        out_specs=(row, row, row, row),
+        check_vma=False,
+    )
+    return fn(ops)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _sharded_stats(lay: Layout, st: Static, ops: Operands):
+    return _stats_call(lay, st, ops)
+
+
+def _sharded_stats_fwd(lay: Layout, st: Static, ops: Operands):
+    out = _stats_call(lay, st, ops)
+    return out, (ops, out[0])
+
+
+def _sharded_stats_bwd(lay: Layout, st: Static, res, cts):
+    ops, lse = res
+    row, specs = lay.row(), lay.specs(ops)
+    fn = jax.shard_map(
+        functools.partial(_local_grads, lay, st),
+        mesh=lay.mesh,
+        in_specs=(specs, row, (row,) * 4),
+        out_specs=(specs.hidden, specs.weight, specs.bias, specs.class_weights),
+        check_vma=False,
+    )
+    g = tuple(lay.place(x, row) for x in cts)
+    dh, dw, db, dcw = fn(ops, lse, g)
+    return (Operands._make((dh, dw, db, None, dcw)),)  # labels: no cotangent
+
+
+_sharded_stats.defvjp(_sharded_stats_fwd, _sharded_stats_bwd)
+
+
+def vocab_parallel_loss(p: Prepared, lay: Layout) -> Array:
+    r"""The loss of a `Prepared` call on the mesh of ``lay``.
+
+    ``hidden`` / ``labels`` / ``where`` are split over ``batch_axis`` and
+    ``weight`` / ``bias`` / ``class_weights`` over ``vocab_axis`` (either may be
+    None: that dimension is then replicated). ``N`` must be divisible by the size
+    of ``batch_axis`` and ``V`` by the size of ``vocab_axis``; the block sizes
+    apply to each device's rows and vocabulary block. Per token, with the
+    all-reduced $\operatorname{lse}$, $z_y$, $w_y$ and $\sum_c w_c z_c$:
+
+    $$L = (1 - \varepsilon)\, w_y (\operatorname{lse} - z_y)
+        + \frac{\varepsilon}{V} \Big(\operatorname{lse} \sum_c w_c
+        - \sum_c w_c z_c\Big) + \lambda\, \operatorname{lse}^2$$
+
+    with $V$ the global vocabulary size.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, numpy as np, jaxce
+        >>> mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("model",))
+        >>> h = jnp.array([[1.0, 0.0], [0.5, -1.0], [0.0, 2.0]])
+        >>> w = jnp.array([[1.0, 1.0], [-1.0, 0.5], [0.0, 1.0], [2.0, 0.0]])
+        >>> y = jnp.array([0, 3, 2])
+        >>> print(jaxce.linear_softmax_cross_entropy(
+        ...     h, w, y, label_smoothing=0.1, mesh=mesh, vocab_axis="model"))
+        1.00720
+        >>> print(jaxce.sparse_softmax_cross_entropy(h @ w.T, y, label_smoothing=0.1))
+        1.00720
+
+    References:
+        Shoeybi et al., *Megatron-LM*, 2019 (vocabulary-parallel cross-entropy),
+        https://arxiv.org/abs/1909.08053; NVIDIA/Megatron-LM issue #737 (label
+        smoothing over the local vocabulary).
+    """
+    nb, nv = lay.size(lay.batch_axis), lay.size(lay.vocab_axis)
+    (n, _), v = p.hidden.shape, p.num_classes
+    if n % nb:
+        raise ValueError(
+            f"`hidden` has {n} rows, not divisible by the {nb} devices of "
+            f"`batch_axis`={lay.batch_axis!r}; pad the batch (mark padding with "
+            f"`where`)."
+        )
+    if v % nv:
+        raise ValueError(
+            f"`weight` has {v} classes, not divisible by the {nv} devices of "
+            f"`vocab_axis`={lay.vocab_axis!r}; pad the vocabulary to a multiple."
+        )
+    st = p.static(n // nb, v // nv)
+    ops = p.operands()
+    specs, row, vocab = lay.specs(ops), lay.row(), P(lay.vocab_axis)
+    ops = Operands(
+        lay.place(ops.hidden, specs.hidden),
+        lay.place(ops.weight, specs.weight),
+        lay.place(ops.bias, vocab),
+        lay.place(ops.labels, row),
+        lay.place(ops.class_weights, vocab),
+    )
+    lse, z_y, sum_wz, w_y = cast(tuple[Array, ...], _sharded_stats(lay, st, ops))
+    # label smoothing's K is the GLOBAL vocabulary size v (Megatron #737)
+    nll, w_y = token_losses(
+        Stats(lse, z_y, sum_wz),
+        ops.labels,
+        p.class_weights,
+        num_classes=v,
+        label_smoothing=p.label_smoothing,
+        z_loss=p.z_loss,
+        invalid=lay.place(p.invalid, row),
+        w_y=w_y,
+    )
+    reducer = dataclasses.replace(p.reducer, present=lay.place(p.present, row))
+    return reducer.reduce(nll, w_y)

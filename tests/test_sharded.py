@@ -1,0 +1,370 @@
+"""Distributed cross-entropy on 8 host CPU devices, in this process.
+
+The root ``conftest.py`` gives the session 8 CPU devices (``jax_num_cpu_devices``,
+set before JAX starts). Checked here: the vocabulary-parallel fused loss on four
+meshes against the single-device loss, the shardings of its gradients, its edge
+cases (nothing present, out-of-range labels, eager calls, bfloat16, shapes the
+mesh cannot split), the compiled HLO (no all-gather of the weight or the logits),
+and the plain losses on sharded logits.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+import jaxce
+
+TOL = 2e-5
+
+
+def max_err(a, b) -> float:
+    leaves = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    return max(
+        float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+        for x, y in leaves
+    )
+
+
+def rel_err(a, b) -> float:
+    """Largest error relative to each leaf's own scale (for bf16)."""
+    leaves = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    return max(
+        float(np.max(np.abs(np.float64(x) - np.float64(y))))
+        / (float(np.max(np.abs(np.float64(y)))) + 1e-12)
+        for x, y in leaves
+    )
+
+
+@functools.cache
+def meshes() -> dict:
+    """name -> (mesh, batch axis, vocabulary axis)."""
+    devices = np.array(jax.devices())
+    assert devices.size == 8, (
+        f"{devices.size} devices: the root conftest.py sets jax_num_cpu_devices=8 "
+        "before JAX starts"
+    )
+    return {
+        "vocab8": (Mesh(devices, ("v",)), None, "v"),
+        "batch2_vocab4": (Mesh(devices.reshape(2, 4), ("b", "v")), "b", "v"),
+        "batch8": (Mesh(devices, ("b",)), "b", None),
+        # jax.make_mesh gives Explicit axes in JAX 0.10; vocabulary over two axes.
+        "explicit_b2_v2x2": (
+            jax.make_mesh((2, 2, 2), ("b", "v1", "v2")),
+            "b",
+            ("v1", "v2"),
+        ),
+    }
+
+
+def axes(mesh_name: str) -> dict:
+    mesh, ba, va = meshes()[mesh_name]
+    return dict(mesh=mesh, batch_axis=ba, vocab_axis=va)
+
+
+# The draws of one generator, in order: the fused-loss inputs, then the plain ones.
+r = np.random.default_rng(0)
+N, D, V = 16, 8, 96
+h = jnp.asarray(r.standard_normal((N, D)), jnp.float32)
+w = jnp.asarray(0.7 * r.standard_normal((V, D)), jnp.float32)
+b = jnp.asarray(r.standard_normal((V,)), jnp.float32)
+cw = jnp.asarray(r.uniform(0.5, 2.0, (V,)), jnp.float32)
+y = jnp.asarray(r.integers(0, V, N), jnp.int32)
+y_ignore = y.at[3].set(-100)
+mask = jnp.asarray(r.uniform(size=N) < 0.75)
+K = 8
+z = jnp.asarray(2 * r.standard_normal((N, K)), jnp.float32)
+labels = jnp.asarray(r.integers(0, K, N), jnp.int32)
+targets = jax.nn.softmax(jnp.asarray(r.standard_normal((N, K)), jnp.float32))
+binary = jnp.asarray(r.uniform(size=(N, K)) < 0.5, jnp.float32)
+class_w = jnp.asarray(r.uniform(0.5, 2.0, (K,)), jnp.float32)
+
+ALL = dict(ignore_index=-100, label_smoothing=0.1, z_loss=1e-3, softcap=4.0, where=mask)
+OPTION_SETS = {  # options, use bias, use class weights, labels
+    "plain": ({}, False, False, y),
+    "all": (ALL, True, True, y_ignore),
+    "cw_smooth": (dict(label_smoothing=0.2), False, True, y),
+}
+
+
+def materialised(h, w, b, cw, labels, *, softcap=None, reduction="mean", **opts):
+    """The unfused reference: the full logits through the plain sparse loss."""
+    z = h @ w.T
+    if b is not None:
+        z = z + b[None, :]
+    if softcap is not None:
+        z = softcap * jnp.tanh(z / softcap)
+    return jaxce.sparse_softmax_cross_entropy(
+        z, labels, class_weights=cw, reduction=reduction, **opts
+    )
+
+
+def fused(h, w, b, cw, labels, *, reduction="mean", **opts):
+    return jaxce.linear_softmax_cross_entropy(
+        h, w, labels, bias=b, class_weights=cw, reduction=reduction, chunk_size=5,
+        **opts,
+    )  # fmt: skip
+
+
+def value_and_grads(fn, use_b, use_cw, labels=y, **kw):
+    def scalar(h, w, b, cw):
+        return jnp.sum(
+            fn(h, w, b if use_b else None, cw if use_cw else None, labels, **kw)
+        )
+
+    return jax.jit(jax.value_and_grad(scalar, (0, 1, 2, 3)))(h, w, b, cw)
+
+
+@functools.cache
+def reference(opt_name: str, reduction: str):
+    """The single-device loss and gradients (shared by the meshes that need them)."""
+    opts, use_b, use_cw, labels = OPTION_SETS[opt_name]
+    return value_and_grads(
+        materialised, use_b, use_cw, labels=labels, reduction=reduction, **opts
+    )
+
+
+# -- 1. the sharded fused loss == the single-device one ----------------------------
+
+CASES = [  # mesh, option set, reduction
+    ("vocab8", "plain", "mean"),
+    ("vocab8", "all", "sum"),
+    ("vocab8", "cw_smooth", "sum_over_batch_size"),
+    ("batch2_vocab4", "plain", "none"),
+    ("batch2_vocab4", "all", "mean"),
+    ("batch2_vocab4", "all", "none"),
+    ("batch2_vocab4", "cw_smooth", "mean"),
+    ("batch8", "all", "mean"),
+    ("explicit_b2_v2x2", "all", "mean"),
+    ("explicit_b2_v2x2", "cw_smooth", "none"),
+]
+
+
+@pytest.mark.parametrize(
+    "mesh_name, opt_name, reduction", CASES, ids=[",".join(c) for c in CASES]
+)
+def test_fused_matches_single_device(mesh_name, opt_name, reduction):
+    # loss and gradients w.r.t. hidden, weight, bias, class weights
+    opts, use_b, use_cw, labels = OPTION_SETS[opt_name]
+    got = value_and_grads(
+        fused, use_b, use_cw, labels=labels, reduction=reduction,
+        **axes(mesh_name), **opts,
+    )  # fmt: skip
+    assert max_err(got, reference(opt_name, reduction)) <= TOL
+
+
+@pytest.fixture(scope="module")
+def sharded_grads():
+    """Gradients of the fused loss, every option, on the (batch 2, vocab 4) mesh."""
+    _, grads = value_and_grads(
+        fused, True, True, labels=y_ignore, **axes("batch2_vocab4"), **ALL
+    )
+    return dict(zip(["d_hidden", "d_weight", "d_bias", "d_class_weights"], grads))
+
+
+@pytest.mark.parametrize(
+    "name, spec",
+    [
+        ("d_weight", P("v", None)),
+        ("d_hidden", P("b", None)),
+        ("d_bias", P("v")),
+        ("d_class_weights", P("v")),
+    ],
+)
+def test_gradients_come_back_sharded_like_inputs(sharded_grads, name, spec):
+    g = sharded_grads[name]
+    mesh = meshes()["batch2_vocab4"][0]
+    assert g.sharding.is_equivalent_to(NamedSharding(mesh, spec), g.ndim)
+
+
+# -- edge cases on a mesh -----------------------------------------------------------
+
+
+def test_nothing_present_is_zero():
+    # 0 with zero gradients, not NaN
+    none_present = jnp.full((N,), -100, jnp.int32)
+    got = value_and_grads(
+        fused, True, True, labels=none_present, ignore_index=-100,
+        **axes("batch2_vocab4"),
+    )  # fmt: skip
+    assert max_err(got, jax.tree.map(jnp.zeros_like, got)) <= TOL
+
+
+def test_out_of_range_label_is_nan():
+    # A present label outside [0, V) (V = 96 here) gives NaN, never a wrapped index
+    # or a finite loss (labels past the last shard, and negative ones).
+    y_bad = y.at[5].set(V + 3).at[9].set(-1)
+    kw = axes("batch2_vocab4")
+    val, grads = value_and_grads(
+        fused, True, True, labels=y_bad, reduction="none", **kw
+    )
+    per = np.asarray(fused(h, w, b, cw, y_bad, reduction="none", **kw))
+    assert np.isnan(per[[5, 9]]).all() and np.isfinite(np.delete(per, [5, 9])).all()
+    assert np.isnan(val) and np.isnan(np.asarray(grads[1])).any()
+
+
+def test_set_mesh_eager_grad():
+    # Eager jax.grad on a jax.make_mesh (Explicit axes) mesh: inside jax.set_mesh
+    # (outside it, JAX cannot build the cotangent of an explicitly sharded output).
+    kw = axes("explicit_b2_v2x2")
+    with jax.set_mesh(kw["mesh"]):
+        eager_g = jax.grad(
+            lambda h, w: fused(h, w, None, None, y, **kw), (0, 1)
+        )(h, w)  # fmt: skip
+    ref_g = jax.jit(jax.grad(lambda h, w: materialised(h, w, None, None, y), (0, 1)))(
+        h, w
+    )  # the reference, jitted (op-by-op dispatch compiles each operation)
+    assert max_err(eager_g, ref_g) <= TOL
+
+
+def test_eager():
+    # an eager call, no jit
+    eager = jaxce.linear_softmax_cross_entropy(h, w, y, **axes("batch2_vocab4"))
+    reference = jax.jit(lambda h, w: materialised(h, w, None, None, y))(h, w)
+    assert max_err(eager, reference) <= TOL
+
+
+@pytest.fixture(scope="module")
+def bf16():
+    """bf16 inputs (float32 accumulation), on the mesh and on one device."""
+    hb, wb = h.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+    kw = axes("batch2_vocab4")
+    on_mesh = jax.jit(
+        jax.value_and_grad(lambda h, w: fused(h, w, None, None, y, **kw), (0, 1))
+    )(hb, wb)
+    one_device = jax.jit(
+        jax.value_and_grad(lambda h, w: fused(h, w, None, None, y), (0, 1))
+    )(hb, wb)
+    return on_mesh, one_device
+
+
+def test_bf16_dtype(bf16):
+    on_mesh, _ = bf16
+    assert {x.dtype for x in jax.tree.leaves(on_mesh)} == {jnp.dtype(jnp.bfloat16)}
+
+
+def test_bf16_vs_single_device(bf16):
+    on_mesh, one_device = bf16
+    assert rel_err(on_mesh, one_device) <= 2e-2
+
+
+@pytest.mark.parametrize(
+    "args", [(h[:15], w, y[:15]), (h, w[:90], y)], ids=["rows", "vocab"]
+)
+def test_indivisible_raises(args):
+    # Shapes the mesh cannot split evenly are refused with a clear error.
+    with pytest.raises(ValueError, match="divisible"):
+        jaxce.linear_softmax_cross_entropy(*args, **axes("batch2_vocab4"))
+
+
+# -- 2. the compiled HLO: no all-gather of anything the size of `weight` or logits -
+
+
+def collectives(text: str):
+    """(op, element count of its result) for every collective in compiled HLO."""
+    ops = "all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute"
+    pattern = rf"=\s*(\(.*?\)|\S+)\s+({ops})(?:-start)?\("
+    out = []
+    for shape, op in re.findall(pattern, text):
+        dims = re.findall(r"\[([\d,]*)\]", shape)  # one per tuple element
+        sizes = [int(np.prod([int(d) for d in x.split(",") if d])) for x in dims]
+        out.append((op, sum(sizes)))
+    return out
+
+
+Vb, Nb = 4096, 64  # big enough that a gathered weight / logits block stands out
+
+
+def test_hlo_parser_sees_weight_all_gather():
+    # Control: the parser does see an all-gather of the weight when there is one.
+    gather_w = jax.jit(jax.shard_map(
+        lambda w: jax.lax.all_gather(w, "v", tiled=True).sum(0),
+        mesh=meshes()["vocab8"][0], in_specs=P("v", None), out_specs=P(),
+        check_vma=False,
+    ))  # fmt: skip
+    control = collectives(gather_w.lower(jnp.ones((Vb, D))).compile().as_text())
+    assert ("all-gather", Vb * D) in control
+
+
+@functools.cache
+def compiled_collectives(mesh_name: str):
+    hb_, wb_ = jnp.ones((Nb, D)), jnp.ones((Vb, D))
+    yb_ = jnp.zeros((Nb,), jnp.int32)
+    kw = axes(mesh_name)
+
+    def big_loss(h, w):
+        return jaxce.linear_softmax_cross_entropy(
+            h, w, yb_, label_smoothing=0.1, z_loss=1e-4, **kw
+        )
+
+    f = jax.jit(jax.value_and_grad(big_loss, (0, 1)))
+    return collectives(f.lower(hb_, wb_).compile().as_text())
+
+
+HLO_MESHES = ["vocab8", "batch2_vocab4"]
+
+
+@pytest.mark.parametrize("mesh_name", HLO_MESHES)
+def test_hlo_has_collectives(mesh_name):
+    assert compiled_collectives(mesh_name)
+
+
+@pytest.mark.parametrize("mesh_name", HLO_MESHES)
+def test_hlo_no_big_all_gather(mesh_name):
+    ops = compiled_collectives(mesh_name)
+    big = [c for op, c in ops if op == "all-gather" and c >= min(Vb * D, Nb * Vb) // 8]
+    assert not big
+
+
+@pytest.mark.parametrize("mesh_name", HLO_MESHES)
+def test_hlo_largest_collective_below_weight(mesh_name):
+    largest = max(c for _, c in compiled_collectives(mesh_name))
+    assert largest < Vb * D
+
+
+# -- 3. the plain losses under jit on sharded logits: the single-device answer -----
+
+smooth = dict(label_smoothing=0.1)
+PLAIN = {
+    "sparse_softmax_cross_entropy": lambda z: jaxce.sparse_softmax_cross_entropy(
+        z, labels, class_weights=class_w, z_loss=1e-3, **smooth
+    ),
+    "softmax_cross_entropy": lambda z: jaxce.softmax_cross_entropy(
+        z, targets, **smooth
+    ),
+    "sigmoid_binary_cross_entropy": lambda z: jaxce.sigmoid_binary_cross_entropy(
+        z, binary
+    ),
+    "softmax_focal_loss": lambda z: jaxce.softmax_focal_loss(z, labels, gamma=2.0),
+    "sparse_categorical_cross_entropy": lambda z: (
+        jaxce.sparse_categorical_cross_entropy(jax.nn.softmax(z), labels)
+    ),
+    "categorical_cross_entropy": lambda z: jaxce.categorical_cross_entropy(
+        jax.nn.softmax(z), targets
+    ),
+}
+# Every loss with logits split over batch x classes; the sparse one also over the
+# classes only.
+LAYOUTS = [(name, "both") for name in PLAIN]
+LAYOUTS.append(("sparse_softmax_cross_entropy", "vocab"))
+SPECS = {"both": P("b", "v"), "vocab": P(None, "v")}
+
+
+@functools.cache
+def plain_reference(name: str):
+    return jax.jit(jax.value_and_grad(PLAIN[name]))(z)
+
+
+@pytest.mark.parametrize("name, layout", LAYOUTS, ids=[",".join(x) for x in LAYOUTS])
+def test_plain_losses_on_sharded_logits(name, layout):
+    mesh = meshes()["batch2_vocab4"][0]
+    zs = jax.device_put(z, NamedSharding(mesh, SPECS[layout]))
+    got = jax.jit(jax.value_and_grad(PLAIN[name]))(zs)
+    assert len(got[1].sharding.device_set) == 8  # the gradient stays sharded
+    assert max_err(got, plain_reference(name)) <= TOL
