@@ -59,8 +59,7 @@ def prepare_softmax_focal(
         raise ValueError(
             f"`alpha` must be a scalar or have shape ({c.num_classes},), got {a.shape}."
         )
-    assert c.labels is not None
-    return c, z, a.astype(c.dtype)[c.labels]
+    return c, z, c.per_label(a.astype(c.dtype))
 
 
 def sigmoid_focal_loss(

@@ -53,3 +53,4 @@ from ._math import (
     xlogy as xlogy,
 )
 from ._reduction import Reducer as Reducer, make_reducer as make_reducer
+from ._sharding import explicitly_sharded as explicitly_sharded

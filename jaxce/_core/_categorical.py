@@ -42,6 +42,7 @@ from ._checks import (
 )
 from ._math import nan_where, out_of_range, safe_xlogy
 from ._reduction import Reducer, make_reducer
+from ._sharding import explicitly_sharded
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +61,8 @@ class Categorical:
         class_weights: ``(K,)`` in the compute dtype, or None.
         label_smoothing: the checked smoothing (a number or a traced scalar).
         reducer: the reduction options (`Reducer`), presence included.
+        sharded: the input or the labels are split over an Explicit mesh axis
+            (label lookups are then masked sums, not gathers).
     """
 
     x: Array
@@ -73,6 +76,7 @@ class Categorical:
     class_weights: Array | None
     label_smoothing: object
     reducer: Reducer
+    sharded: bool = False
 
     @property
     def dtype(self) -> jnp.dtype:
@@ -127,9 +131,20 @@ class Categorical:
         return (1 - eps) * t + eps * uniform
 
     def take(self, values: Array) -> Array:
-        """``values[..., label]`` (classes last) for integer labels."""
+        """``values[..., label]`` (classes last) for integer labels.
+
+        A gather; on Explicit-axis sharded input (see `explicitly_sharded`) a
+        masked sum over the classes, which every sharding can type.
+        """
         assert self.labels is not None
+        if self.sharded:
+            zero = jnp.zeros((), values.dtype)
+            return jnp.sum(jnp.where(self.is_label(), values, zero), axis=-1)
         return jnp.take_along_axis(values, self.labels[..., None], axis=-1)[..., 0]
+
+    def per_label(self, per_class: Array) -> Array:
+        """``per_class[label]`` for a ``(K,)`` vector (class weights, ``alpha``)."""
+        return self.take(jnp.broadcast_to(per_class, self.x.shape))
 
     def is_label(self) -> Array:
         """Boolean one-hot of the labels (classes last), without a float one-hot."""
@@ -141,8 +156,7 @@ class Categorical:
         """``class_weights[label]``: the ``"mean"`` weight of integer labels."""
         if self.class_weights is None:
             return None
-        assert self.labels is not None
-        return self.class_weights[self.labels]
+        return self.per_label(self.class_weights)
 
     def dense_nll(self, logp: Array) -> tuple[Array, Array | None]:
         """``-sum_c w_c t~_c logp_c`` and its ``"mean"`` weight ``sum_c w_c t_c``."""
@@ -332,5 +346,5 @@ def prepare_categorical(
     )
     return Categorical(
         xl, axis, class_mask, count, may_be_absent, labels, bad_label, targets,
-        cw, label_smoothing, reducer,
+        cw, label_smoothing, reducer, explicitly_sharded(x, y),
     )  # fmt: skip
