@@ -26,6 +26,7 @@ def sigmoid_binary_cross_entropy(
     label_smoothing: ScalarLike = 0.0,
     where: Bool[ArrayLike, "..."] | None = None,
     reduction: Reduction = "mean",
+    normalizer: ScalarLike | None = None,
     base: Number | None = None,
 ) -> Float[Array, "..."]:
     r"""Binary cross-entropy from logits, with the sigmoid folded in.
@@ -51,6 +52,9 @@ def sigmoid_binary_cross_entropy(
         label_smoothing: $\varepsilon \in [0, 1)$, towards 0.5 (Keras).
         where: boolean mask of present elements.
         reduction: ``"none"``, ``"sum"``, ``"mean"`` or ``"sum_over_batch_size"``.
+        normalizer: with a scalar reduction, the loss is
+            ``sum(weights * L) / normalizer`` instead (exact gradient accumulation:
+            give every microbatch the whole batch's total).
         base: log base of the result (``None``: nats).
 
     Returns:
@@ -72,6 +76,7 @@ def sigmoid_binary_cross_entropy(
     b = prepare_elementwise(
         logits, labels, name="logits", label_smoothing=label_smoothing,
         where=where, weights=weights, reduction=reduction, base=base,
+        normalizer=normalizer,
     )  # fmt: skip
     log_p, log_not_p = log_sigmoid_pair(b.x)  # jax.nn.log_sigmoid(z), (-z)
     pos = safe_xlogy(b.y, log_p)
@@ -89,6 +94,7 @@ def binary_cross_entropy(
     label_smoothing: ScalarLike = 0.0,
     where: Bool[ArrayLike, "..."] | None = None,
     reduction: Reduction = "mean",
+    normalizer: ScalarLike | None = None,
     base: Number | None = None,
 ) -> Float[Array, "..."]:
     r"""Binary cross-entropy from probabilities (the articles' formula).
@@ -113,6 +119,9 @@ def binary_cross_entropy(
         label_smoothing: $\varepsilon \in [0, 1)$, towards 0.5 (Keras).
         where: boolean mask of present elements.
         reduction: ``"none"``, ``"sum"``, ``"mean"`` or ``"sum_over_batch_size"``.
+        normalizer: with a scalar reduction, the loss is
+            ``sum(weights * L) / normalizer`` instead (exact gradient accumulation:
+            give every microbatch the whole batch's total).
         base: log base of the result (``None``: nats, ``10``: the articles').
 
     Returns:
@@ -133,6 +142,7 @@ def binary_cross_entropy(
     b = prepare_elementwise(
         probs, labels, name="probs", label_smoothing=label_smoothing,
         where=where, weights=weights, reduction=reduction, base=base,
+        normalizer=normalizer,
     )  # fmt: skip
     p = jnp.clip(b.x, *clip_bounds(resolve_eps(eps, b.dtype), b.dtype))
     y = b.y

@@ -71,6 +71,7 @@ def sigmoid_focal_loss(
     weights: Float[ArrayLike, "..."] | None = None,
     where: Bool[ArrayLike, "..."] | None = None,
     reduction: Reduction = "mean",
+    normalizer: ScalarLike | None = None,
     base: Number | None = None,
 ) -> Float[Array, "..."]:
     r"""Sigmoid focal loss: binary cross-entropy down-weighting easy examples.
@@ -95,6 +96,9 @@ def sigmoid_focal_loss(
         weights: per-element weights, broadcast to ``logits``.
         where: boolean mask of present elements.
         reduction: ``"none"``, ``"sum"``, ``"mean"`` or ``"sum_over_batch_size"``.
+        normalizer: with a scalar reduction, the loss is
+            ``sum(weights * L) / normalizer`` instead (exact gradient accumulation:
+            give every microbatch the whole batch's total).
         base: log base of the result (``None``: nats).
 
     Returns:
@@ -114,6 +118,7 @@ def sigmoid_focal_loss(
     b, alpha_t = prepare_sigmoid_focal(
         logits, labels, alpha=alpha, gamma=gamma, where=where, weights=weights,
         reduction=reduction, base=base,
+        normalizer=normalizer,
     )  # fmt: skip
     y = b.y
     log_p, log_not_p = log_sigmoid_pair(b.x)
@@ -140,6 +145,7 @@ def softmax_focal_loss(
     ignore_index: IndexLike | None = None,
     where: Bool[ArrayLike, "..."] | None = None,
     reduction: Reduction = "mean",
+    normalizer: ScalarLike | None = None,
     base: Number | None = None,
 ) -> Float[Array, "..."]:
     r"""Softmax focal loss with integer labels.
@@ -166,6 +172,9 @@ def softmax_focal_loss(
         ignore_index: label value marking absent elements.
         where: per-element mask (loss shape) or per-class mask (logits shape).
         reduction: ``"none"``, ``"sum"``, ``"mean"`` or ``"sum_over_batch_size"``.
+        normalizer: with a scalar reduction, the loss is
+            ``sum(weights * L) / normalizer`` instead (exact gradient accumulation:
+            give every microbatch the whole batch's total).
         base: log base of the result (``None``: nats).
 
     Returns:
@@ -188,6 +197,7 @@ def softmax_focal_loss(
     c, z, alpha_y = prepare_softmax_focal(
         logits, labels, alpha=alpha, gamma=gamma, ignore_index=ignore_index,
         axis=axis, where=where, weights=weights, reduction=reduction, base=base,
+        normalizer=normalizer,
         class_weights=None,
     )  # fmt: skip
     lse = jax.nn.logsumexp(z, axis=-1)

@@ -45,6 +45,7 @@ def categorical_cross_entropy(
     label_smoothing: ScalarLike = 0.0,
     where: Bool[ArrayLike, "..."] | None = None,
     reduction: Reduction = "mean",
+    normalizer: ScalarLike | None = None,
     base: Number | None = None,
 ) -> Float[Array, "..."]:
     r"""Categorical cross-entropy from probabilities and target distributions.
@@ -69,6 +70,9 @@ def categorical_cross_entropy(
         label_smoothing: $\varepsilon \in [0, 1)$.
         where: per-element mask (loss shape) or per-class mask (probs shape).
         reduction: ``"none"``, ``"sum"``, ``"mean"`` or ``"sum_over_batch_size"``.
+        normalizer: with a scalar reduction, the loss is
+            ``sum(weights * L) / normalizer`` instead (exact gradient accumulation:
+            give every microbatch the whole batch's total).
         base: log base of the result (``None``: nats, ``10``: the articles').
 
     Returns:
@@ -89,6 +93,7 @@ def categorical_cross_entropy(
         probs, targets, sparse=False, eps=eps, axis=axis, where=where,
         class_weights=class_weights, label_smoothing=label_smoothing,
         weights=weights, reduction=reduction, base=base,
+        normalizer=normalizer,
     )  # fmt: skip
     return c.reduce(*c.dense_nll(clipped_log(c, e)))
 
@@ -105,6 +110,7 @@ def sparse_categorical_cross_entropy(
     label_smoothing: ScalarLike = 0.0,
     where: Bool[ArrayLike, "..."] | None = None,
     reduction: Reduction = "mean",
+    normalizer: ScalarLike | None = None,
     base: Number | None = None,
 ) -> Float[Array, "..."]:
     r"""Categorical cross-entropy from probabilities and integer labels.
@@ -132,6 +138,9 @@ def sparse_categorical_cross_entropy(
         label_smoothing: $\varepsilon \in [0, 1)$.
         where: per-element mask (loss shape) or per-class mask (probs shape).
         reduction: ``"none"``, ``"sum"``, ``"mean"`` or ``"sum_over_batch_size"``.
+        normalizer: with a scalar reduction, the loss is
+            ``sum(weights * L) / normalizer`` instead (exact gradient accumulation:
+            give every microbatch the whole batch's total).
         base: log base of the result (``None``: nats, ``10``: the articles').
 
     Returns:
@@ -156,6 +165,7 @@ def sparse_categorical_cross_entropy(
         probs, labels, sparse=True, eps=eps, ignore_index=ignore_index, axis=axis,
         where=where, class_weights=class_weights, label_smoothing=label_smoothing,
         weights=weights, reduction=reduction, base=base,
+        normalizer=normalizer,
     )  # fmt: skip
     logp = clipped_log(c, e)
     return c.reduce(*c.sparse_nll(c.take(logp), lambda: logp))

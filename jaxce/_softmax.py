@@ -41,6 +41,7 @@ def softmax_cross_entropy(
     label_smoothing: ScalarLike = 0.0,
     where: Bool[ArrayLike, "..."] | None = None,
     reduction: Reduction = "mean",
+    normalizer: ScalarLike | None = None,
     base: Number | None = None,
 ) -> Float[Array, "..."]:
     r"""Softmax cross-entropy between logits and target distributions.
@@ -70,6 +71,9 @@ def softmax_cross_entropy(
         label_smoothing: $\varepsilon \in [0, 1)$.
         where: per-element mask (loss shape) or per-class mask (logits shape).
         reduction: ``"none"``, ``"sum"``, ``"mean"`` or ``"sum_over_batch_size"``.
+        normalizer: with a scalar reduction, the loss is
+            ``sum(weights * L) / normalizer`` instead (exact gradient accumulation:
+            give every microbatch the whole batch's total).
         base: log base of the result (``None``: nats, ``2``: bits).
 
     Returns:
@@ -94,6 +98,7 @@ def softmax_cross_entropy(
         logits, targets, sparse=False, axis=axis, where=where,
         class_weights=class_weights, label_smoothing=label_smoothing,
         weights=weights, reduction=reduction, base=base,
+        normalizer=normalizer,
     )  # fmt: skip
     return c.reduce(*c.dense_nll(jax.nn.log_softmax(z, axis=-1)))
 
@@ -110,6 +115,7 @@ def sparse_softmax_cross_entropy(
     z_loss: ScalarLike = 0.0,
     where: Bool[ArrayLike, "..."] | None = None,
     reduction: Reduction = "mean",
+    normalizer: ScalarLike | None = None,
     base: Number | None = None,
 ) -> Float[Array, "..."]:
     r"""Softmax cross-entropy with integer class labels.
@@ -146,6 +152,9 @@ def sparse_softmax_cross_entropy(
         z_loss: $\lambda \ge 0$, weight of the ``lse**2`` regulariser.
         where: per-element mask (loss shape) or per-class mask (logits shape).
         reduction: ``"none"``, ``"sum"``, ``"mean"`` or ``"sum_over_batch_size"``.
+        normalizer: with a scalar reduction, the loss is
+            ``sum(weights * L) / normalizer`` instead (exact gradient accumulation:
+            give every microbatch the whole batch's total).
         base: log base of the result (``None``: nats, ``2``: bits).
 
     Returns:
@@ -171,6 +180,7 @@ def sparse_softmax_cross_entropy(
         logits, labels, sparse=True, ignore_index=ignore_index, axis=axis,
         where=where, class_weights=class_weights, label_smoothing=label_smoothing,
         weights=weights, reduction=reduction, base=base,
+        normalizer=normalizer,
     )  # fmt: skip
     lse = jax.nn.logsumexp(z, axis=-1)
     loss, denom = c.sparse_nll(c.take(z) - lse, lambda: z - lse[..., None])

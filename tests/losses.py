@@ -129,7 +129,7 @@ class Loss:
         return both(x)
 
 
-_COMMON = ("weights", "where", "reduction", "base")
+_COMMON = ("weights", "where", "reduction", "normalizer", "base")
 _WEIGHTED = dict(weights=WEIGHTS)
 _WEIGHTED_ELEMENTS = dict(weights=WEIGHTS[:, None])
 

@@ -278,6 +278,7 @@ def prepare_categorical(
     weights: ArrayLike | None,
     reduction: str,
     base: Number | None,
+    normalizer: ArrayLike | None = None,
     ignore_index: object = None,
 ) -> Categorical:
     """Check every shared argument of a categorical loss (trace time).
@@ -342,7 +343,13 @@ def prepare_categorical(
         targets = _last(targets, axis).astype(dtype)
     cw = check_class_weights(class_weights, xl.shape[-1], dtype)
     reducer = make_reducer(
-        present, dtype, x.dtype, weights=weights, reduction=reduction, base=base
+        present,
+        dtype,
+        x.dtype,
+        weights=weights,
+        reduction=reduction,
+        base=base,
+        normalizer=normalizer,
     )
     return Categorical(
         xl, axis, class_mask, count, may_be_absent, labels, bad_label, targets,

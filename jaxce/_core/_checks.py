@@ -85,6 +85,26 @@ def check_base(base: Number | None) -> None:
         raise ValueError(f"`base` must be None or a number > 0 and != 1, got {base!r}.")
 
 
+def check_normalizer(normalizer: object, reduction: str) -> None:
+    """``normalizer``: None, or a scalar > 0 (a traced scalar is not checked)
+    with a scalar ``reduction``."""
+    if normalizer is None:
+        return
+    if reduction == "none":
+        raise ValueError(
+            "`normalizer` divides a summed loss: it needs a scalar `reduction` "
+            '("sum", "mean" or "sum_over_batch_size"), got reduction="none".'
+        )
+    shape = getattr(normalizer, "shape", None)
+    if shape is None:  # a Python number or list
+        shape = np.shape(np.asarray(normalizer))
+    if shape != ():
+        raise ValueError(f"`normalizer` must be a scalar, got shape {shape}.")
+    v = concrete_values(normalizer)
+    if v is not None and not v > 0:
+        raise ValueError(f"`normalizer` must be > 0, got {normalizer!r}.")
+
+
 def check_eps(eps: Number | None) -> None:
     if eps is not None and (not is_concrete_number(eps) or not 0.0 < eps < 0.5):
         raise ValueError(f"`eps` must be None or in (0, 0.5), got {eps!r}.")

@@ -67,6 +67,7 @@ def prepare_elementwise(
     weights: ArrayLike | None,
     reduction: str,
     base: Number | None,
+    normalizer: ArrayLike | None = None,
 ) -> Elementwise:
     """Check every shared argument of an elementwise loss (trace time)."""
     x = as_float_input(x, name)
@@ -80,6 +81,12 @@ def prepare_elementwise(
         eps = jnp.asarray(label_smoothing, dtype)
         y = y * (1 - eps) + eps / 2
     reducer = make_reducer(
-        present, dtype, x.dtype, weights=weights, reduction=reduction, base=base
+        present,
+        dtype,
+        x.dtype,
+        weights=weights,
+        reduction=reduction,
+        base=base,
+        normalizer=normalizer,
     )
     return Elementwise(x.astype(dtype), y, reducer)

@@ -12,7 +12,11 @@ with the per-element coefficients
 - ``"none"`` and ``"sum"``: ``c_n = s w_n``;
 - ``"mean"``: ``c_n = s w_n / sum_m w_m d_m`` (0 when that sum is 0: nothing
   present gives 0 with zero gradient, never NaN);
-- ``"sum_over_batch_size"``: ``c_n = s w_n / #present``.
+- ``"sum_over_batch_size"``: ``c_n = s w_n / #present``;
+- with a ``normalizer`` ``Z`` (any scalar reduction): ``c_n = s w_n / Z``. Each
+  of ``k`` microbatches called with the same ``Z`` (e.g. the total weight of the
+  whole batch) then sums to exactly the whole batch's loss and gradient, which a
+  ``"mean"`` per microbatch does not.
 
 ``c_n`` depends on labels, masks and weights only, never on the first argument
 of a loss, so it is also ``dR / dL_n``: a closed form multiplies the analytic
@@ -27,7 +31,13 @@ import dataclasses
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike
 
-from ._checks import Number, broadcast_to_elements, check_base, check_reduction
+from ._checks import (
+    Number,
+    broadcast_to_elements,
+    check_base,
+    check_normalizer,
+    check_reduction,
+)
 from ._math import log_base_factor, safe_divide
 
 
@@ -43,6 +53,7 @@ class Reducer:
         base: ``None`` (nats) or the logarithm base.
         dtype: the compute dtype.
         out_dtype: the dtype of the result (the input's floating dtype).
+        normalizer: the denominator that replaces the reduction's own, or None.
     """
 
     present: Array
@@ -51,6 +62,7 @@ class Reducer:
     base: Number | None
     dtype: jnp.dtype
     out_dtype: jnp.dtype
+    normalizer: Array | None = None
 
     def coefficients(self, denom_weights: Array | None = None) -> Array:
         """``c_n = dR / dL_n`` of the loss shape (0 for absent elements)."""
@@ -58,7 +70,9 @@ class Reducer:
         shape = present.shape
         w = jnp.ones(shape, dtype) if self.weights is None else self.weights
         w = jnp.where(present, w, jnp.zeros((), dtype))
-        if self.reduction == "mean":
+        if self.normalizer is not None:
+            w = safe_divide(w, jnp.broadcast_to(self.normalizer, shape))
+        elif self.reduction == "mean":
             d = w if denom_weights is None else w * denom_weights.astype(dtype)
             w = safe_divide(w, jnp.broadcast_to(jnp.sum(d), shape))
         elif self.reduction == "sum_over_batch_size":
@@ -91,8 +105,10 @@ def make_reducer(
     weights: ArrayLike | None,
     reduction: str,
     base: Number | None,
+    normalizer: ArrayLike | None = None,
 ) -> Reducer:
-    """Check ``reduction``, ``base`` and ``weights`` (trace time); bundle them.
+    """Check ``reduction``, ``base``, ``weights`` and ``normalizer`` (trace
+    time); bundle them.
 
     ``dtype`` is the compute dtype and ``out_dtype`` that of the result.
     """
@@ -100,4 +116,9 @@ def make_reducer(
     check_base(base)
     if weights is not None:
         weights = broadcast_to_elements(weights, present.shape, "weights", dtype)
-    return Reducer(present, weights, reduction, base, jnp.dtype(dtype), out_dtype)
+    check_normalizer(normalizer, reduction)
+    if normalizer is not None:
+        normalizer = jnp.asarray(normalizer, dtype)
+    return Reducer(
+        present, weights, reduction, base, jnp.dtype(dtype), out_dtype, normalizer
+    )
