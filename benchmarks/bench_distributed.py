@@ -6,6 +6,10 @@ Compiles (nothing runs) ``jax.value_and_grad`` w.r.t. ``hidden`` and ``weight`` 
 - ``fused, vocab x d``: the same with ``mesh=(d,)``, ``vocab_axis`` (``weight``
   split in ``d`` blocks of classes), d = 1, 2, 4, 8, and on a ``(2, 4)``
   batch x vocab mesh;
+- ``fused, Explicit ...``: the ``(2, 4)`` mesh of ``jax.make_mesh`` (Explicit
+  axes), with ``hidden`` / ``labels`` / ``weight`` placed on it;
+- ``..., padded``: ``N - 1`` tokens and ``V + 3`` classes, which the axes do not
+  divide (padded inside the loss; the caller's arrays are then replicated);
 - ``unfused GSPMD, vocab x d``: ``sparse_softmax_cross_entropy(hidden @ weight.T)``
   under ``jit`` with ``weight`` sharded over the vocabulary and XLA left to
   partition it (the logits are materialised, sharded);
@@ -55,8 +59,14 @@ def collectives(hlo: str) -> list[tuple[str, int]]:
     return out
 
 
-def measure(fn, *args) -> dict:
-    compiled = jax.jit(jax.value_and_grad(fn, (0, 1))).lower(*args).compile()
+def measure(fn, *args, mesh=None) -> dict:
+    """Memory and collectives of ``value_and_grad(fn)`` (under ``mesh``, if any)."""
+    f = jax.jit(jax.value_and_grad(fn, (0, 1)))
+    if mesh is None:
+        compiled = f.lower(*args).compile()
+    else:
+        with jax.set_mesh(mesh):
+            compiled = f.lower(*args).compile()
     mem = compiled.memory_analysis()
     ops = collectives(compiled.as_text())
     gathers = [b for op, b in ops if op == "all-gather"]
@@ -98,6 +108,43 @@ def main() -> None:
     mesh = Mesh(devices.reshape(2, 4), ("b", "v"))
     fn = fused_fn(mesh=mesh, batch_axis="b", vocab_axis="v")
     rows.append(("fused, batch 2 x vocab 4", 8, measure(fn, h, w_full, y)))
+    # Explicit axes (jax.make_mesh), the arrays placed on the mesh
+    ex = jax.make_mesh((2, 4), ("b", "v"))
+
+    def placed(shape, dtype, *spec):
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(ex, P(*spec)))
+
+    fn = fused_fn(mesh=ex, batch_axis="b", vocab_axis="v")
+    args = (
+        placed((n, d), jnp.float32, "b", None),
+        placed((v, d), jnp.float32, "v", None),
+        placed((n,), jnp.int32, "b"),
+    )
+    rows.append(("fused, Explicit batch 2 x vocab 4", 8, measure(fn, *args, mesh=ex)))
+    # Sizes the axes do not divide: N - 1 tokens, V + 3 classes (padded inside)
+    hp = jax.ShapeDtypeStruct((n - 1, d), jnp.float32)
+    yp = jax.ShapeDtypeStruct((n - 1,), jnp.int32)
+    wp = jax.ShapeDtypeStruct((v + 3, d), jnp.float32)
+    rows.append(("fused, 1 device, N - 1, V + 3", 1, measure(fused_fn(), hp, wp, yp)))
+    mesh = Mesh(devices, ("v",))
+    fn = fused_fn(mesh=mesh, vocab_axis="v")
+    rows.append(("fused, vocab x 8, V + 3 padded", 8, measure(fn, h, wp, y)))
+    mesh = Mesh(devices.reshape(2, 4), ("b", "v"))
+    fn = fused_fn(mesh=mesh, batch_axis="b", vocab_axis="v")
+    rows.append(
+        ("fused, batch 2 x vocab 4, N - 1 padded", 8, measure(fn, hp, w_full, yp))
+    )
+    rows.append(
+        ("fused, batch 2 x vocab 4, N - 1, V + 3 padded", 8, measure(fn, hp, wp, yp))
+    )
+    fn = fused_fn(mesh=ex, batch_axis="b", vocab_axis="v")
+    rows.append(
+        (
+            "fused, Explicit batch 2 x vocab 4, N - 1, V + 3 padded",
+            8,
+            measure(fn, hp, wp, yp, mesh=ex),
+        )
+    )
     for k in [2, 8]:
         mesh = Mesh(devices[:k], ("v",))
         w_sh = jax.ShapeDtypeStruct(

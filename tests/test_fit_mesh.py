@@ -2,6 +2,8 @@
 
 JAX fixes its device count when it starts, so the 8-device run happens in a fresh
 Python process with ``XLA_FLAGS=--xla_force_host_platform_device_count=8``.
+Meshes with Explicit axes (``jax.make_mesh``) and Auto axes; batches that divide
+over the batch axis and batches that do not (padded inside `fit`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ TESTS = pathlib.Path(__file__).resolve().parent
 SCRIPT = textwrap.dedent(
     """
     import json, sys
+    import equinox as eqx
     import jax, jax.numpy as jnp, numpy as np, optax
     from jax.sharding import AxisType
     sys.path.insert(0, sys.argv[1])
@@ -30,22 +33,42 @@ SCRIPT = textwrap.dedent(
     xtr, xte, ytr, yte = load("digits")
     x, y = xtr[:512], ytr[:512]
     opt = optax.adam(1e-2)
-    seen = []
+    seen, model_in = [], []
+
+    class Probe(eqx.Module):
+        # records how the batch the model runs on is split (under vmap the
+        # callback sees the batched array): the spec's first entry
+        inner: eqx.Module
+
+        def __call__(self, x):
+            def record(s):
+                spec = getattr(s, "spec", None)  # one device: no spec
+                model_in.append(spec[0] if spec else None)
+
+            jax.debug.inspect_array_sharding(x, callback=record)
+            return self.inner(x)
 
     def loss(logits, labels):
         # records how the per-step batch of logits is laid out over the devices
         shape = logits.shape
-        jax.debug.inspect_array_sharding(logits, callback=lambda s: seen.append(
-            [len(range(*ix[0].indices(shape[0])))
-             for ix in s.devices_indices_map(shape).values()]))
+
+        def record(s):
+            try:
+                seen.append([len(range(*ix[0].indices(shape[0])))
+                             for ix in s.devices_indices_map(shape).values()])
+            except ValueError:  # an uneven split XLA chose (padded internally)
+                seen.append("uneven " + str(s.spec))
+
+        jax.debug.inspect_array_sharding(logits, callback=record)
         return jaxce.sparse_softmax_cross_entropy(logits, labels)
 
-    def run(mesh, batch_size, batch_axis=None):
+    def run(mesh, batch_size, batch_axis=None, n=512):
         seen.clear()
-        model = jaxce.models.MLPClassifier(64, 10, width=32, depth=1,
-                                           key=jax.random.key(0))
+        model_in.clear()
+        model = Probe(jaxce.models.MLPClassifier(64, 10, width=32, depth=1,
+                                                 key=jax.random.key(0)))
         model, history = jaxce.fit(
-            model, x, y, loss=loss, optimizer=opt, steps=40,
+            model, x[:n], y[:n], loss=loss, optimizer=opt, steps=40,
             batch_size=batch_size, key=jax.random.key(1), progress=False,
             eval_data=(xte, yte), log_every=20, mesh=mesh, batch_axis=batch_axis)
         leaves = jax.tree.leaves(model)
@@ -56,7 +79,8 @@ SCRIPT = textwrap.dedent(
             "loss": history["loss"].tolist(),
             "eval_accuracy": history["eval_accuracy"].tolist(),
             # the layouts of every traced loss call (train steps and metrics)
-            "rows_per_device": [sorted(rows) for rows in seen],
+            "rows_per_device": [r if isinstance(r, str) else sorted(r) for r in seen],
+            "model_input_split": sorted(set(map(str, model_in))),
         }
 
     out = {"single": run(None, 64)}
@@ -66,8 +90,15 @@ SCRIPT = textwrap.dedent(
     out["auto_2x4"] = run(auto, 64, batch_axis="model")
     out["single_full"] = run(None, None)
     out["explicit_full"] = run(jax.make_mesh((8,), ("data",)), None)
+    # batches that do not divide: 22 over 8 devices and over the 4-way axis
+    # (padded to 24), and all 509 examples over 8 (padded to 512)
+    out["single_22"] = run(None, 22)
+    out["explicit_22"] = run(jax.make_mesh((8,), ("data",)), 22)
+    out["auto_2x4_22"] = run(auto, 22, batch_axis="model")
+    out["single_full_509"] = run(None, None, n=509)
+    out["explicit_full_509"] = run(jax.make_mesh((8,), ("data",)), None, n=509)
     try:
-        run(jax.make_mesh((8,), ("data",)), 20)
+        run(jax.make_mesh((8,), ("data",)), 20, batch_axis="nope")
     except ValueError as err:
         out["error"] = str(err)
     print("RESULT" + json.dumps(out))
@@ -126,5 +157,30 @@ def test_batch_is_split_and_parameters_replicated(result):
     assert result["single"]["devices"] == [1] * 4
 
 
-def test_indivisible_batch_is_an_error(result):
-    assert "divide evenly" in result["error"] and "'data'" in result["error"]
+@pytest.mark.parametrize(
+    "name, single",
+    [
+        ("explicit_22", "single_22"),
+        ("auto_2x4_22", "single_22"),
+        ("explicit_full_509", "single_full_509"),
+    ],
+)
+def test_indivisible_batch_equals_single_device(result, name, single):
+    # padded with absent examples inside fit: the loss, the parameters and the
+    # metrics of every step are those of single-device training
+    _assert_close(result[name], result[single], atol=1e-5)
+
+
+def test_indivisible_batch_layout(result):
+    # The model runs on the padded batch split over the batch axis; the loss sees
+    # exactly the real rows (on Explicit axes replicated: no uneven layout exists).
+    for name, axis in [("explicit_22", "data"), ("auto_2x4_22", "model"),
+                       ("explicit_full_509", "data")]:  # fmt: skip
+        assert axis in result[name]["model_input_split"], name
+    assert [22] * 8 in result["explicit_22"]["rows_per_device"]
+    assert [509] * 8 in result["explicit_full_509"]["rows_per_device"]
+    assert all(result[name]["replicated"] for name in ("explicit_22", "auto_2x4_22"))
+
+
+def test_unknown_batch_axis_is_an_error(result):
+    assert "not an axis of the mesh" in result["error"] and "nope" in result["error"]

@@ -1,11 +1,12 @@
 """Distributed cross-entropy on 8 host CPU devices, in this process.
 
 The root ``conftest.py`` gives the session 8 CPU devices (``jax_num_cpu_devices``,
-set before JAX starts). Checked here: the vocabulary-parallel fused loss on four
+set before JAX starts). Checked here: the vocabulary-parallel fused loss on five
 meshes against the single-device loss, the shardings of its gradients, its edge
-cases (nothing present, out-of-range labels, eager calls, bfloat16, shapes the
-mesh cannot split), the compiled HLO (no all-gather of the weight or the logits),
-and the plain losses on sharded logits.
+cases (nothing present, out-of-range labels, eager calls, bfloat16), sizes the
+mesh does not divide (padded inside the loss), Explicit-axis meshes with inputs
+placed on them or not, the compiled HLO (no all-gather of the weight or the
+logits, padded sizes too), and the plain losses on sharded logits.
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ def meshes() -> dict:
             "b",
             ("v1", "v2"),
         ),
+        "explicit_data2_vocab4": (
+            jax.make_mesh((2, 4), ("data", "vocab")),
+            "data",
+            "vocab",
+        ),
     }
 
 
@@ -112,13 +118,16 @@ def fused(h, w, b, cw, labels, *, reduction="mean", **opts):
     )  # fmt: skip
 
 
-def value_and_grads(fn, use_b, use_cw, labels=y, **kw):
+def value_and_grads(fn, use_b, use_cw, labels=y, inputs=None, **kw):
+    """Loss and gradients w.r.t. ``inputs`` (default: ``h, w, b, cw``)."""
+
     def scalar(h, w, b, cw):
         return jnp.sum(
             fn(h, w, b if use_b else None, cw if use_cw else None, labels, **kw)
         )
 
-    return jax.jit(jax.value_and_grad(scalar, (0, 1, 2, 3)))(h, w, b, cw)
+    args = (h, w, b, cw) if inputs is None else inputs
+    return jax.jit(jax.value_and_grad(scalar, (0, 1, 2, 3)))(*args)
 
 
 @functools.cache
@@ -254,13 +263,190 @@ def test_bf16_vs_single_device(bf16):
     assert rel_err(on_mesh, one_device) <= 2e-2
 
 
+# -- sizes the mesh does not divide: padded inside, the single-device answer --------
+
+SIZES = {  # name -> (N, V); N over 2 or 8 devices, V over 4 or 8
+    "16x96": (16, 96),  # divides
+    "13x101": (13, 101),  # tokens and vocabulary padded
+    "13x96": (13, 96),  # tokens only
+    "16x101": (16, 101),  # vocabulary only
+    "13x5": (13, 5),  # V = 5 over 8 devices: three hold nothing but padding
+}
+
+
+@functools.cache
+def sized_inputs(size: str):
+    """``(h, w, b, cw)``, labels, labels with token 3 ignored, a mask."""
+    n, v = SIZES[size]
+    rs = np.random.default_rng([n, v])
+    hs = jnp.asarray(rs.standard_normal((n, D)), jnp.float32)
+    ws = jnp.asarray(0.7 * rs.standard_normal((v, D)), jnp.float32)
+    bs = jnp.asarray(rs.standard_normal((v,)), jnp.float32)
+    cws = jnp.asarray(rs.uniform(0.5, 2.0, (v,)), jnp.float32)
+    ys = jnp.asarray(rs.integers(0, v, n), jnp.int32)
+    masks = jnp.asarray(rs.uniform(size=n) < 0.75)
+    return (hs, ws, bs, cws), ys, ys.at[3].set(-100), masks
+
+
+def sized_options(size: str, opt_name: str):
+    """`OPTION_SETS[opt_name]` on the inputs of ``size``."""
+    _, ys, ys_ignore, masks = sized_inputs(size)
+    opts, use_b, use_cw, labels = OPTION_SETS[opt_name]
+    if "where" in opts:
+        opts = {**opts, "where": masks}
+    return opts, use_b, use_cw, ys_ignore if labels is y_ignore else ys
+
+
+@functools.cache
+def sized_reference(size: str, opt_name: str, reduction: str):
+    opts, use_b, use_cw, labels = sized_options(size, opt_name)
+    return value_and_grads(
+        materialised, use_b, use_cw, labels=labels, inputs=sized_inputs(size)[0],
+        reduction=reduction, **opts,
+    )  # fmt: skip
+
+
+PAD_CASES = [  # mesh, sizes, option set, reduction
+    ("batch2_vocab4", "13x101", "plain", "mean"),
+    ("batch2_vocab4", "13x101", "all", "mean"),
+    ("batch2_vocab4", "13x101", "all", "none"),
+    ("batch2_vocab4", "13x101", "cw_smooth", "sum_over_batch_size"),
+    ("batch2_vocab4", "13x96", "all", "sum"),
+    ("batch2_vocab4", "16x101", "cw_smooth", "mean"),
+    ("vocab8", "13x5", "all", "mean"),
+    ("batch8", "13x101", "cw_smooth", "none"),
+    ("explicit_b2_v2x2", "13x101", "all", "mean"),
+    ("explicit_b2_v2x2", "13x101", "cw_smooth", "none"),
+]
+
+
 @pytest.mark.parametrize(
-    "args", [(h[:15], w, y[:15]), (h, w[:90], y)], ids=["rows", "vocab"]
+    "mesh_name, size, opt_name, reduction",
+    PAD_CASES,
+    ids=[",".join(c) for c in PAD_CASES],
 )
-def test_indivisible_raises(args):
-    # Shapes the mesh cannot split evenly are refused with a clear error.
-    with pytest.raises(ValueError, match="divisible"):
-        jaxce.linear_softmax_cross_entropy(*args, **axes("batch2_vocab4"))
+def test_padded_matches_single_device(mesh_name, size, opt_name, reduction):
+    # N / V that the batch / vocabulary axes do not divide are padded inside the
+    # loss: value and gradients (in the caller's shapes) are the one-device ones.
+    opts, use_b, use_cw, labels = sized_options(size, opt_name)
+    got = value_and_grads(
+        fused, use_b, use_cw, labels=labels, inputs=sized_inputs(size)[0],
+        reduction=reduction, **axes(mesh_name), **opts,
+    )  # fmt: skip
+    ref = sized_reference(size, opt_name, reduction)
+    assert [g.shape for g in got[1]] == [g.shape for g in ref[1]]
+    assert max_err(got, ref) <= TOL
+
+
+@functools.cache
+def sized_per_token_reference(size: str):
+    """The one-device per-token losses of option set "all" on ``size``."""
+    opts, _, _, labels = sized_options(size, "all")
+
+    def per_token(h, w, b, cw):
+        return materialised(h, w, b, cw, labels, reduction="none", **opts)
+
+    return jax.jit(per_token)(*sized_inputs(size)[0])
+
+
+def test_padded_per_token_losses():
+    # reduction="none" with padded tokens: (N,) losses, absent tokens 0
+    opts, _, _, labels = sized_options("13x101", "all")
+    kw = axes("batch2_vocab4")
+
+    def per_token(h, w, b, cw):
+        return fused(h, w, b, cw, labels, reduction="none", **kw, **opts)
+
+    got = jax.jit(per_token)(*sized_inputs("13x101")[0])
+    absent = ~np.asarray(opts["where"]) | (np.asarray(labels) == -100)
+    assert got.shape == (13,) and absent.any() and (np.asarray(got)[absent] == 0).all()
+    assert max_err(got, sized_per_token_reference("13x101")) <= TOL
+
+
+def test_padded_out_of_range_label_is_nan():
+    # V = 101 is padded to 104 classes: label 101 would land on a padding row of
+    # the last device; it is out of range (NaN) like 104 and -1, never a class.
+    (hs, ws, _, _), ys, _, _ = sized_inputs("13x101")
+    y_bad = ys.at[5].set(101).at[7].set(104).at[9].set(-1)
+    per = np.asarray(
+        jax.jit(lambda h, w: fused(h, w, None, None, y_bad, reduction="none",
+                                   **axes("batch2_vocab4")))(hs, ws)
+    )  # fmt: skip
+    assert np.isnan(per[[5, 7, 9]]).all()
+    assert np.isfinite(np.delete(per, [5, 7, 9])).all()
+
+
+def test_padded_sizes_still_check_the_axes():
+    (hs, ws, _, _), ys, _, _ = sized_inputs("13x101")
+    with pytest.raises(ValueError, match="not in the mesh"):
+        jaxce.linear_softmax_cross_entropy(
+            hs, ws, ys, mesh=meshes()["batch2_vocab4"][0], vocab_axis="nope"
+        )
+
+
+# -- Explicit axes (jax.make_mesh): inputs placed on the mesh or not, jit or eager -
+
+
+def spec_of(x) -> tuple:
+    """``x.sharding.spec`` padded with None to ``x.ndim`` entries."""
+    spec = tuple(x.sharding.spec)
+    return spec + (None,) * (x.ndim - len(spec))
+
+
+EXPLICIT_CASES = [  # sizes, inputs device_put on the mesh where they divide, mode
+    ("16x96", "sharded", "jit"),
+    ("16x96", "sharded", "eager"),
+    ("16x96", "unsharded", "jit"),
+    ("16x96", "unsharded", "eager"),
+    ("16x101", "sharded", "jit"),
+    ("13x101", "unsharded", "jit"),
+    ("13x101", "unsharded", "eager"),
+]
+
+
+@pytest.mark.parametrize(
+    "size, placement, mode", EXPLICIT_CASES, ids=[",".join(c) for c in EXPLICIT_CASES]
+)
+def test_explicit_mesh(size, placement, mode):
+    # jax.make_mesh((2, 4), ("data", "vocab")): every option; the mean loss and its
+    # gradients, and the per-token losses, == one device. A dimension that divides
+    # comes back split like the input (split too when the input was not placed);
+    # a padded one (no uneven layout exists) comes back replicated.
+    mesh, ba, va = meshes()["explicit_data2_vocab4"]
+    n, v = SIZES[size]
+    splits = {"data": n % 2 == 0, "vocab": v % 4 == 0}
+
+    def put(x, axis):
+        if placement == "unsharded" or not splits[axis]:
+            return x
+        spec = P(axis, *[None] * (x.ndim - 1))
+        out = jax.device_put(x, NamedSharding(mesh, spec))
+        assert spec_of(out)[0] == axis
+        return out
+
+    (hs, ws, bs, cws), _, labels, masks = sized_inputs(size)
+    args = (put(hs, "data"), put(ws, "vocab"), put(bs, "vocab"), put(cws, "vocab"))
+    opts = {**ALL, "where": put(masks, "data")}
+    kw = dict(mesh=mesh, batch_axis=ba, vocab_axis=va, **opts)
+    yp = put(labels, "data")
+
+    def loss(h, w, b, cw, reduction):
+        return fused(h, w, b, cw, yp, reduction=reduction, **kw)
+
+    mean_grad = jax.value_and_grad(
+        functools.partial(loss, reduction="mean"), (0, 1, 2, 3)
+    )
+    per_token = functools.partial(loss, reduction="none")
+    if mode == "jit":
+        mean_grad, per_token = jax.jit(mean_grad), jax.jit(per_token)
+    with jax.set_mesh(mesh):
+        got, per = mean_grad(*args), per_token(*args)
+    assert max_err(got, sized_reference(size, "all", "mean")) <= TOL
+    assert max_err(per, sized_per_token_reference(size)) <= TOL
+    row = "data" if splits["data"] else None
+    col = "vocab" if splits["vocab"] else None
+    assert spec_of(per) == (row,)
+    assert [spec_of(g) for g in got[1]] == [(row, None), (col, None), (col,), (col,)]
 
 
 # -- 2. the compiled HLO: no all-gather of anything the size of `weight` or logits -
@@ -293,9 +479,11 @@ def test_hlo_parser_sees_weight_all_gather():
 
 
 @functools.cache
-def compiled_collectives(mesh_name: str):
-    hb_, wb_ = jnp.ones((Nb, D)), jnp.ones((Vb, D))
-    yb_ = jnp.zeros((Nb,), jnp.int32)
+def compiled_collectives(mesh_name: str, n: int, v: int, wrt: tuple[int, ...]):
+    """Collectives of the compiled value and gradient w.r.t. ``wrt`` (0 hidden,
+    1 weight) for ``n`` tokens and ``v`` classes (unplaced inputs)."""
+    hb_, wb_ = jnp.ones((n, D)), jnp.ones((v, D))
+    yb_ = jnp.zeros((n,), jnp.int32)
     kw = axes(mesh_name)
 
     def big_loss(h, w):
@@ -303,29 +491,56 @@ def compiled_collectives(mesh_name: str):
             h, w, yb_, label_smoothing=0.1, z_loss=1e-4, **kw
         )
 
-    f = jax.jit(jax.value_and_grad(big_loss, (0, 1)))
+    f = jax.jit(jax.value_and_grad(big_loss, wrt))
     return collectives(f.lower(hb_, wb_).compile().as_text())
 
 
-HLO_MESHES = ["vocab8", "batch2_vocab4"]
+def big_all_gathers(mesh_name: str, n: int, v: int, wrt: tuple[int, ...]):
+    """All-gathers of at least one device's share of the weight or the logits."""
+    ops = compiled_collectives(mesh_name, n, v, wrt)
+    return [c for op, c in ops if op == "all-gather" and c >= min(v * D, n * v) // 8]
 
 
-@pytest.mark.parametrize("mesh_name", HLO_MESHES)
-def test_hlo_has_collectives(mesh_name):
-    assert compiled_collectives(mesh_name)
+# (mesh, tokens, classes, gradients w.r.t.): Nb and Vb divide, 61 and 4099 do not.
+# With a padded V the caller's (V, D) weight cannot be split over the vocabulary
+# (JAX has no uneven layout), so its gradient is all-gathered to the caller's
+# replicated layout (test_hlo_padded_vocab_gathers_only_the_weight_gradient);
+# here those cases take the gradient of `hidden` only.
+HLO_CASES = [
+    ("vocab8", Nb, Vb, (0, 1)),
+    ("batch2_vocab4", Nb, Vb, (0, 1)),
+    ("batch2_vocab4", 61, Vb, (0, 1)),  # tokens padded
+    ("batch2_vocab4", 61, 4099, (0,)),  # tokens and vocabulary padded
+    ("vocab8", Nb, 4099, (0,)),  # vocabulary padded
+]
+HLO_IDS = ["{}-{}x{}-wrt{}".format(*c[:3], "".join(map(str, c[3]))) for c in HLO_CASES]
 
 
-@pytest.mark.parametrize("mesh_name", HLO_MESHES)
-def test_hlo_no_big_all_gather(mesh_name):
-    ops = compiled_collectives(mesh_name)
-    big = [c for op, c in ops if op == "all-gather" and c >= min(Vb * D, Nb * Vb) // 8]
-    assert not big
+@pytest.mark.parametrize("case", HLO_CASES, ids=HLO_IDS)
+def test_hlo_has_collectives(case):
+    assert compiled_collectives(*case)
 
 
-@pytest.mark.parametrize("mesh_name", HLO_MESHES)
-def test_hlo_largest_collective_below_weight(mesh_name):
-    largest = max(c for _, c in compiled_collectives(mesh_name))
-    assert largest < Vb * D
+@pytest.mark.parametrize("case", HLO_CASES, ids=HLO_IDS)
+def test_hlo_no_big_all_gather(case):
+    assert not big_all_gathers(*case)
+
+
+@pytest.mark.parametrize("case", HLO_CASES, ids=HLO_IDS)
+def test_hlo_largest_collective_below_weight(case):
+    largest = max(c for _, c in compiled_collectives(*case))
+    assert largest < case[2] * D  # the weight's element count
+
+
+@pytest.mark.parametrize(
+    "mesh_name, n, v_pad", [("batch2_vocab4", 61, 4100), ("vocab8", Nb, 4104)]
+)
+def test_hlo_padded_vocab_gathers_only_the_weight_gradient(mesh_name, n, v_pad):
+    # V = 4099 padded to v_pad: with the weight's gradient too, at most one big
+    # all-gather, of the (padded) weight gradient itself (to the caller's
+    # replicated layout); nothing the size of the logits.
+    big = big_all_gathers(mesh_name, n, 4099, (0, 1))
+    assert len(big) <= 1 and all(c == v_pad * D for c in big)
 
 
 # -- 3. the plain losses under jit on sharded logits: the single-device answer -----

@@ -114,18 +114,33 @@ def linear_softmax_cross_entropy(
             ``hidden`` / ``labels`` / ``where`` are split over ``batch_axis``
             and ``weight`` / ``bias`` / ``class_weights`` over ``vocab_axis``
             (either may be None: replicated; the two must not share mesh
-            axes). ``N`` must be divisible by the size of ``batch_axis`` and
-            ``V`` by that of ``vocab_axis``; ``chunk_size`` applies to each
-            device's vocabulary block. Each device streams its own block and
-            only per-token statistics are all-reduced: neither ``weight`` nor
-            the logits are gathered, the backward recomputes the blocks, and
-            the gradients come back sharded like their inputs. Label smoothing
-            divides by the global ``V``. With a mesh of ``Explicit`` axes (the
-            default of ``jax.make_mesh``), an *eager* ``jax.grad`` must run
-            inside ``with jax.set_mesh(mesh):`` (or under ``jax.jit``): outside
-            it JAX cannot form the cotangent of an explicitly sharded output
-            ("Length of device assignment 1 is not equal to the size of the
-            mesh").
+            axes); ``chunk_size`` applies to each device's vocabulary block.
+            Each device streams its own block and only per-token statistics
+            are all-reduced: neither ``weight`` nor the logits are gathered,
+            the backward recomputes the blocks, and the gradients come back
+            split like their inputs (inputs not placed on the mesh: split as
+            the loss splits them). Label smoothing divides by the global
+            ``V``. Any ``N`` and ``V`` work on any mesh: sizes the axes do not
+            divide are padded inside the loss, with the single-device answer.
+            Padding classes (zero rows of ``weight``, ``bias``,
+            ``class_weights``) have ``-inf`` logits: they are out of the
+            softmax, of label smoothing (its ``K`` is the real ``V``) and of
+            the z-loss's ``lse``; padding tokens are absent (in no reduction or
+            its denominator). Both get no gradient, and the results have the
+            caller's shapes (padding sliced off). JAX has no uneven layouts,
+            so an array whose size its axis does not divide is replicated, and
+            so are its gradient and (padded ``N``) the ``"none"`` losses:
+            with a padded ``V`` the backward all-gathers the ``(V, D)`` weight
+            gradient once (nothing else of the size of ``weight`` or of the
+            logits is gathered); keep ``V`` a multiple of the vocabulary axis
+            to keep ``weight`` split. Meshes with ``Auto`` axes
+            (``jax.sharding.Mesh``) and ``Explicit`` axes (``jax.make_mesh``)
+            both work, under ``jit`` and eagerly, with the inputs placed on the
+            mesh (``jax.device_put``) or not. With ``Explicit`` axes an *eager*
+            ``jax.grad`` must run inside ``with jax.set_mesh(mesh):`` (or under
+            ``jax.jit``): outside it JAX cannot form the cotangent of an
+            explicitly sharded output ("Length of device assignment 1 is not
+            equal to the size of the mesh").
 
     Returns:
         ``(N,)`` losses for ``"none"`` (absent tokens 0), else a scalar; dtype of
@@ -143,6 +158,15 @@ def linear_softmax_cross_entropy(
         >>> dh, dw = jax.grad(jaxce.linear_softmax_cross_entropy, (0, 1))(h, w, y)
         >>> print(dw[0])
         [-0.22948  0.21653]
+
+        Vocabulary-parallel over every device: the 4 classes are padded to a
+        multiple of the device count when it does not divide them.
+
+        >>> import numpy as np
+        >>> mesh = jax.sharding.Mesh(np.array(jax.devices()), ("vocab",))
+        >>> print(jaxce.linear_softmax_cross_entropy(
+        ...     h, w, y, chunk_size=3, mesh=mesh, vocab_axis="vocab"))
+        0.91970
 
     References:
         Wijmans et al., *Cut Your Losses in Large-Vocabulary Language Models*

@@ -10,6 +10,8 @@ vocabulary for the single-device loss, one shard of it under ``shard_map``.
 Ragged sizes need no padding copy: the last vocabulary chunk starts at
 ``V - chunk_size`` (it overlaps the previous one) and its columns that the
 previous chunk already covered are masked out; the same for the last token block.
+A shard whose vocabulary was padded to split evenly over the devices passes
+``limit`` (its real classes): the columns after it are masked the same way.
 """
 
 from __future__ import annotations
@@ -175,8 +177,18 @@ def token_blocks(n: int, t: int, fn: Callable[[C, Any, Any], C], carry: C) -> C:
     return lax.scan(body, carry, jnp.arange(-(-n // t)))[0]
 
 
-def chunk_stats(ops: Operands, st: Static) -> Online:
+def _real_columns(valid: Array, cols: Array, limit) -> Array:
+    """``valid`` restricted to the columns before ``limit`` (None: no limit)."""
+    return valid if limit is None else valid & (cols < limit)
+
+
+def chunk_stats(ops: Operands, st: Static, limit=None) -> Online:
     """Per-token online softmax statistics of the logits against a slice.
+
+    ``limit`` (a scalar, may be traced; None: all classes) is the number of real
+    classes at the start of the slice: the rows of ``weight`` after it are
+    padding, whose logits count as ``-inf`` (out of ``m``, ``s`` and
+    ``sum_wz``). Labels never point at them.
 
     Returns `Online` ``(m, s, z_y, sum_wz)``, each ``(N,)`` in the compute
     dtype (``sum_wz`` zeros unless ``st.need_sum``). Shards combine with
@@ -201,7 +213,8 @@ def chunk_stats(ops: Operands, st: Static) -> Online:
             w = lax.dynamic_slice_in_dim(weight, start, c, 0)
             b = None if bias is None else lax.dynamic_slice_in_dim(bias, start, c)
             z = logits_block(h, w, b, st.softcap, cdt)
-            valid = (start + jnp.arange(c)) >= lo
+            cols = start + jnp.arange(c)
+            valid = _real_columns(cols >= lo, cols, limit)
             zm = jnp.where(valid[None, :], z, neg_inf)
             m_new = jnp.maximum(m, jnp.max(zm, axis=-1))
             m_safe = jnp.where(jnp.isfinite(m_new), m_new, zero)
@@ -229,7 +242,13 @@ def chunk_stats(ops: Operands, st: Static) -> Online:
 
 
 def chunk_grads(
-    ops: Operands, lse: Array, cts: Stats, st: Static, *, weight_grad_dtype=None
+    ops: Operands,
+    lse: Array,
+    cts: Stats,
+    st: Static,
+    *,
+    weight_grad_dtype=None,
+    limit=None,
 ) -> Grads:
     """Gradients through the logits, given per-token cotangents ``cts``.
 
@@ -242,6 +261,7 @@ def chunk_grads(
     the `Stats` ``lse``, ``z_y``, ``sum_wz`` have cotangents ``cts``
     (``cts.sum_wz`` is ignored unless ``st.need_sum``). ``lse`` is the *full*
     (all-shard) logsumexp; ``weight_grad_dtype`` defaults to ``weight.dtype``.
+    Columns at or after ``limit`` (padding, see `chunk_stats`) get ``dz = 0``.
 
     Returns `Grads`: ``d_hidden (N, D)`` in the compute dtype (partial over the
     slice: sum it over vocabulary shards), ``d_weight (V, D)``, ``d_bias (V,)``
@@ -269,7 +289,7 @@ def chunk_grads(
         if class_weights is not None:
             cw = lax.dynamic_slice_in_dim(class_weights, start, c).astype(cdt)
         cols = start + jnp.arange(c)
-        valid = cols >= lo
+        valid = _real_columns(cols >= lo, cols, limit)
 
         def block(acc, t_start, t_lo):
             dh, dwj, dbj, dcwj = acc

@@ -23,6 +23,12 @@ over the batch axis, so they come back sharded like ``weight``. Neither
 statistics (class weights, smoothing, z-loss, masks, reductions) is ``(N,)``
 arithmetic outside the ``shard_map`` (`token_losses`), as in
 `jaxce.sparse_softmax_cross_entropy`.
+
+Sizes the mesh does not divide are padded (`vocab_parallel_loss`): padding
+classes are masked to ``-inf`` logits in the kernels (``limit``), padding tokens
+are sliced off the statistics before the per-token losses. The caller's arrays
+of such sizes cannot be split (no uneven layouts), so they and their gradients
+are replicated: a padded vocabulary costs one all-gather of the weight gradient.
 """
 
 from __future__ import annotations
@@ -67,12 +73,15 @@ def _axis_size(mesh: Mesh, axis: AxisName, name: str) -> int:
 class Layout:
     """Where one sharded call's arrays live (hashable: a custom_vjp nondiff arg).
 
-    Build with `check_layout`.
+    Build with `check_layout`; ``num_classes`` is set (to the real vocabulary
+    size) only when the vocabulary is padded to a multiple of the vocabulary
+    axis, the padding being the last rows of ``weight``.
     """
 
     mesh: Mesh
     batch_axis: AxisName
     vocab_axis: AxisName
+    num_classes: int | None = None
 
     def size(self, axis: AxisName) -> int:
         return int(np.prod([self.mesh.shape[a] for a in _names(axis)]))
@@ -89,6 +98,12 @@ class Layout:
         for a in _names(self.vocab_axis):  # row-major over a tuple of axes
             index = index * self.mesh.shape[a] + lax.axis_index(a)
         return index * v_local
+
+    def real_classes(self, v_local: int):
+        """Real (not padding) classes of this device's block; None: all of them."""
+        if self.num_classes is None:
+            return None
+        return jnp.clip(self.num_classes - self.vocab_offset(v_local), 0, v_local)
 
     def row(self) -> P:
         return P(self.batch_axis)
@@ -148,7 +163,7 @@ def _owned(ops: Operands) -> Array:
 def _local_stats(lay: Layout, st: Static, ops: Operands):
     """Per-token ``(lse, z_y, sum_wz, w_y)`` of this device's rows, all classes."""
     ops = _localise(lay, ops)
-    m, s, zy, sw = chunk_stats(ops, st)
+    m, s, zy, sw = chunk_stats(ops, st, lay.real_classes(ops.weight.shape[0]))
     if lay.size(lay.vocab_axis) > 1:
         big = lax.pmax(m, lay.vocab_axis)
         big_safe = jnp.where(jnp.isfinite(big), big, 0)
@@ -177,6 +192,7 @@ def _local_grads(lay: Layout, st: Static, ops: Operands, lse, cts):
         Stats(g_lse, g_zy, g_sum),
         st,
         weight_grad_dtype=w.dtype if lay.batch_axis is None else cdt,
+        limit=lay.real_classes(w.shape[0]),
     )
     dh = lay.psum_vocab(g.d_hidden).astype(h.dtype)
     dw = lay.psum_batch(g.d_weight).astype(w.dtype)
@@ -234,21 +250,57 @@ def _sharded_stats_bwd(lay: Layout, st: Static, res, cts):
 _sharded_stats.defvjp(_sharded_stats_fwd, _sharded_stats_bwd)
 
 
+def _round_up(x: int, k: int) -> int:
+    return -(-x // k) * k
+
+
+def _pad(x: Array, rows: int) -> Array:
+    """``x`` with zero rows appended along axis 0 up to ``rows``."""
+    if x.shape[0] == rows:
+        return x
+    return jnp.pad(x, [(0, rows - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
+
+
+def _padded(ops: Operands, n: int, v: int) -> Operands:
+    """The operands padded to ``n`` tokens and ``v`` classes (zeros, label 0)."""
+    opt = lambda x: None if x is None else _pad(x, v)  # noqa: E731
+    return Operands(
+        _pad(ops.hidden, n),
+        _pad(ops.weight, v),
+        opt(ops.bias),
+        _pad(ops.labels, n),
+        opt(ops.class_weights),
+    )
+
+
 def vocab_parallel_loss(p: Prepared, lay: Layout) -> Array:
     r"""The loss of a `Prepared` call on the mesh of ``lay``.
 
     ``hidden`` / ``labels`` / ``where`` are split over ``batch_axis`` and
     ``weight`` / ``bias`` / ``class_weights`` over ``vocab_axis`` (either may be
-    None: that dimension is then replicated). ``N`` must be divisible by the size
-    of ``batch_axis`` and ``V`` by the size of ``vocab_axis``; the block sizes
-    apply to each device's rows and vocabulary block. Per token, with the
-    all-reduced $\operatorname{lse}$, $z_y$, $w_y$ and $\sum_c w_c z_c$:
+    None: that dimension is then replicated); the block sizes apply to each
+    device's rows and vocabulary block. Per token, with the all-reduced
+    $\operatorname{lse}$, $z_y$, $w_y$ and $\sum_c w_c z_c$:
 
     $$L = (1 - \varepsilon)\, w_y (\operatorname{lse} - z_y)
         + \frac{\varepsilon}{V} \Big(\operatorname{lse} \sum_c w_c
         - \sum_c w_c z_c\Big) + \lambda\, \operatorname{lse}^2$$
 
     with $V$ the global vocabulary size.
+
+    Sizes that do not divide are padded here, inside the differentiated
+    function, so the caller's arrays keep their shapes and so do their
+    gradients (the padding's gradient is sliced off by the transpose of the
+    pad). ``V`` goes up to a multiple of the vocabulary axis with zero rows of
+    ``weight`` / ``bias`` / ``class_weights`` that the kernels mask to ``-inf``
+    logits (`Layout.num_classes`): out of the log-sum-exp, the smoothing sum and
+    every gradient; smoothing still divides by the real ``V``. ``N`` goes up to
+    a multiple of the batch axis with zero rows (label 0) whose statistics are
+    sliced off before the per-token losses, so they are in no reduction (nor
+    its denominator) and get a zero cotangent. On a mesh with ``Explicit`` axes
+    the statistics are resharded to replicated before that slice (an uneven
+    split is not an array layout), so with a padded ``N`` the ``"none"`` losses
+    come back replicated.
 
     Examples:
         >>> import jax, jax.numpy as jnp, numpy as np, jaxce
@@ -269,19 +321,11 @@ def vocab_parallel_loss(p: Prepared, lay: Layout) -> Array:
     """
     nb, nv = lay.size(lay.batch_axis), lay.size(lay.vocab_axis)
     (n, _), v = p.hidden.shape, p.num_classes
-    if n % nb:
-        raise ValueError(
-            f"`hidden` has {n} rows, not divisible by the {nb} devices of "
-            f"`batch_axis`={lay.batch_axis!r}; pad the batch (mark padding with "
-            f"`where`)."
-        )
-    if v % nv:
-        raise ValueError(
-            f"`weight` has {v} classes, not divisible by the {nv} devices of "
-            f"`vocab_axis`={lay.vocab_axis!r}; pad the vocabulary to a multiple."
-        )
-    st = p.static(n // nb, v // nv)
-    ops = p.operands()
+    n_pad, v_pad = _round_up(n, nb), _round_up(v, nv)
+    if v_pad != v:
+        lay = dataclasses.replace(lay, num_classes=v)
+    st = p.static(n_pad // nb, v_pad // nv)
+    ops = _padded(p.operands(), n_pad, v_pad)
     specs, row, vocab = lay.specs(ops), lay.row(), P(lay.vocab_axis)
     ops = Operands(
         lay.place(ops.hidden, specs.hidden),
@@ -290,17 +334,23 @@ def vocab_parallel_loss(p: Prepared, lay: Layout) -> Array:
         lay.place(ops.labels, row),
         lay.place(ops.class_weights, vocab),
     )
-    lse, z_y, sum_wz, w_y = cast(tuple[Array, ...], _sharded_stats(lay, st, ops))
-    # label smoothing's K is the GLOBAL vocabulary size v (Megatron #737)
-    nll, w_y = token_losses(
+    out = cast(tuple[Array, ...], _sharded_stats(lay, st, ops))
+    if n_pad == n:
+        rows = functools.partial(lay.place, spec=row)
+    else:  # drop the padded tokens; an uneven split is no layout: replicate first
+        out = tuple(lay.place(x, P())[:n] for x in out)
+        rows = lambda x: x  # noqa: E731
+    lse, z_y, sum_wz, w_y = out
+    # label smoothing's K is the GLOBAL, real vocabulary size v (Megatron #737)
+    nll, w_y = token_losses(  # class weights: their sum, padding 0, split like w
         Stats(lse, z_y, sum_wz),
-        ops.labels,
-        p.class_weights,
+        p.labels,
+        ops.class_weights,
         num_classes=v,
         label_smoothing=p.label_smoothing,
         z_loss=p.z_loss,
-        invalid=lay.place(p.invalid, row),
+        invalid=rows(p.invalid),
         w_y=w_y,
     )
-    reducer = dataclasses.replace(p.reducer, present=lay.place(p.present, row))
+    reducer = dataclasses.replace(p.reducer, present=rows(p.present))
     return reducer.reduce(nll, w_y)

@@ -109,21 +109,62 @@ class Config:
     batch_axis: str | None = None
 
 
+def _explicit(cfg: Config) -> bool:
+    """Whether ``cfg.batch_axis`` is an Explicit mesh axis (sharding in types)."""
+    mesh, axis = cfg.mesh, cfg.batch_axis
+    if mesh is None:
+        return False
+    return mesh.axis_types[mesh.axis_names.index(axis)] == AxisType.Explicit
+
+
 def _shard_batch(cfg: Config, tree):
     """Split the leading (batch) axis over ``cfg.batch_axis`` of ``cfg.mesh``."""
     if cfg.mesh is None:
         return tree
-    mesh, axis = cfg.mesh, cfg.batch_axis
-    sharding = NamedSharding(mesh, PartitionSpec(axis))
-    explicit = mesh.axis_types[mesh.axis_names.index(axis)] == AxisType.Explicit
-    if explicit:
+    sharding = NamedSharding(cfg.mesh, PartitionSpec(cfg.batch_axis))
+    if _explicit(cfg):
         return jax.tree.map(lambda a: jax.sharding.reshard(a, sharding), tree)
     return jax.lax.with_sharding_constraint(tree, sharding)
 
 
-def _batch_loss(model, x, y, loss_fn):
-    logits = jax.vmap(model)(x)
-    value = loss_fn(logits, y)
+def padded_rows(cfg: Config, rows: int) -> int:
+    """``rows`` rounded up to a multiple of the size of ``cfg.batch_axis``."""
+    if cfg.mesh is None or cfg.batch_axis is None:
+        return rows
+    size = cfg.mesh.shape[cfg.batch_axis]
+    return -(-rows // size) * size
+
+
+def _replicate(cfg: Config, a: Array) -> Array:
+    """``a`` resharded to replicated on an Explicit batch axis (else as it is)."""
+    if not _explicit(cfg):
+        return a
+    assert cfg.mesh is not None
+    return jax.sharding.reshard(a, NamedSharding(cfg.mesh, PartitionSpec()))
+
+
+def _batch_logits(model, x, cfg: Config) -> Array:
+    """The logits of the minibatch ``x``, its rows split over ``cfg.batch_axis``.
+
+    A minibatch that does not divide over the axis is padded with repeats of its
+    first examples (real inputs, so the model sees nothing unusual); the model
+    runs on the evenly split, padded batch and the padding's logits are dropped
+    here, so they reach neither the loss nor the gradient. An uneven split is no
+    array layout, so on Explicit axes the logits are replicated before the drop.
+    """
+    rows = x.shape[0]
+    padded = padded_rows(cfg, rows)
+    if padded == rows:
+        return jax.vmap(model)(_shard_batch(cfg, x))
+    x = _shard_batch(cfg, x[jnp.arange(padded) % rows])
+    return _replicate(cfg, jax.vmap(model)(x))[:rows]
+
+
+def _batch_loss(model, x, y, cfg: Config):
+    logits = _batch_logits(model, x, cfg)
+    if padded_rows(cfg, x.shape[0]) == x.shape[0]:
+        y = _shard_batch(cfg, y)
+    value = cfg.loss(logits, y)
     if jnp.shape(value) != ():
         raise ValueError(
             f"`loss(logits, labels)` must return a scalar, got shape "
@@ -183,11 +224,8 @@ def train_chunk(params, opt_state, orders, start, stop, static, x, y, ex, ey, cf
                 )
                 idx = jax.lax.dynamic_slice_in_dim(row, (step % per_epoch) * bs, bs)
                 xb, yb = x[idx], y[idx]
-            xb, yb = _shard_batch(cfg, (xb, yb))
             model = eqx.combine(params, static)
-            value, grads = eqx.filter_value_and_grad(_batch_loss)(
-                model, xb, yb, cfg.loss
-            )
+            value, grads = eqx.filter_value_and_grad(_batch_loss)(model, xb, yb, cfg)
             grads = eqx.filter(grads, eqx.is_inexact_array)
             updates, opt_state = cfg.optimizer.update(grads, opt_state, params)
             params = eqx.apply_updates(params, updates)

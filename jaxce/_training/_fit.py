@@ -65,7 +65,7 @@ def _place(tree: Any, mesh: Mesh | None) -> Any:
     return jax.tree.map(put, tree)
 
 
-def _resolve_mesh(mesh: Mesh | None, batch_axis: str | None, batch: int) -> str | None:
+def _resolve_mesh(mesh: Mesh | None, batch_axis: str | None) -> str | None:
     if mesh is None:
         if batch_axis is not None:
             raise ValueError("`batch_axis` was given without a `mesh`.")
@@ -74,12 +74,6 @@ def _resolve_mesh(mesh: Mesh | None, batch_axis: str | None, batch: int) -> str 
     if axis not in mesh.axis_names:
         raise ValueError(
             f"`batch_axis`={axis!r} is not an axis of the mesh {mesh.axis_names}."
-        )
-    size = mesh.shape[axis]
-    if batch % size:
-        raise ValueError(
-            f"the batch ({batch} examples: `batch_size`, or all of `x` when it is "
-            f"None) must divide evenly over mesh axis {axis!r} of size {size}."
         )
     return axis
 
@@ -127,13 +121,22 @@ def fit(
     or key raises `jaxce.CheckpointError` (a `ValueError`). Under
     multi-process JAX only process 0 writes.
 
-    Data parallelism: with ``mesh`` (a `jax.sharding.Mesh`), parameters,
-    optimizer state and the data are replicated over the mesh and every
-    minibatch is split over ``batch_axis`` (default: the mesh's first axis), so
-    each device computes the gradient of its slice and XLA all-reduces the
-    gradients. The minibatch (``batch_size``, or ``len(x)`` when it is None) must
-    divide evenly over that axis. Results equal single-device training up to
-    float32 summation order. The same code runs multi-host after
+    Data parallelism: with ``mesh`` (a `jax.sharding.Mesh`, with ``Auto``
+    axes or the ``Explicit`` axes of `jax.make_mesh`), parameters, optimizer
+    state and the data are replicated over the mesh and every minibatch is
+    split over ``batch_axis`` (default: the mesh's first axis), so each device
+    computes the gradient of its slice and XLA all-reduces the gradients. A
+    minibatch (``batch_size``, or all of ``x`` when it is None) that does not
+    divide over that axis is padded, per step, up to the next multiple with
+    repeats of its first examples: the model runs on the padded batch, evenly
+    split, and the padding's logits are dropped before ``loss``, so ``loss``
+    sees exactly the minibatch and the padding adds nothing to the loss or the
+    gradient (absent examples; on ``Explicit`` axes the minibatch's logits are
+    replicated before the drop, as JAX has no uneven layout). The padding is
+    per step rather than in ``x`` so that the data order (and checkpoints) stay
+    those of one device, and at the logits because ``loss`` is any callable,
+    which cannot be told which rows are absent. Results equal single-device
+    training up to float32 summation order. The same code runs multi-host after
     `jax.distributed.initialize()`, with the same ``x``, ``y`` on every process.
 
     Args:
@@ -201,7 +204,7 @@ def fit(
         if eval_data is None
         else _engine.check_data(*eval_data, "x_eval", "y_eval")
     )
-    axis = _resolve_mesh(mesh, batch_axis, n if batch_size is None else batch_size)
+    axis = _resolve_mesh(mesh, batch_axis)
     loss_fn = _engine.natural_loss(model, x[0]) if loss is None else loss
     optimizer = _engine.default_optimizer() if optimizer is None else optimizer
     log_every = DEFAULT_LOG_EVERY if log_every is None else log_every
