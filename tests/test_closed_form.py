@@ -167,10 +167,13 @@ def test_every_option_at_once_float64(loss, reduction):
 
 
 def test_every_loss_has_every_option_set():
-    # `every_option` sets every option its loss takes (but the class axis).
+    # `every_option` sets every option its loss takes but the class axis and the
+    # reduction's (`reduction`, and `normalizer`, which replaces the reduction's
+    # denominator: every loss and closed form with it in tests/test_normalizer.py).
     for loss in LOSSES:
         _, _, opts = loss.every_option()
-        assert set(opts) == set(loss.options) - {"axis", "reduction"}, loss.name
+        taken = set(loss.options) - {"axis", "reduction", "normalizer"}
+        assert set(opts) == taken, loss.name
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum_over_batch_size", "sum"])
