@@ -149,7 +149,11 @@ def main():
 
 
 def plot(rows, n, d):
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # e.g. a GPU machine with JAX only (benchmarks/gpu.sh)
+        print("\nplot: skipped (matplotlib is not installed)")
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -16,11 +16,19 @@ from ._compare import (
     GradientReport as GradientReport,
     compare_gradients as compare_gradients,
 )
+from ._distillation import distillation_loss as distillation_loss
 from ._focal import (
     sigmoid_focal_loss as sigmoid_focal_loss,
     softmax_focal_loss as softmax_focal_loss,
 )
-from ._fused import linear_softmax_cross_entropy as linear_softmax_cross_entropy
+from ._fused import (
+    linear_distillation_loss as linear_distillation_loss,
+    linear_softmax_cross_entropy as linear_softmax_cross_entropy,
+)
+from ._fused._token_stats import (
+    TokenStats as TokenStats,
+    linear_token_stats as linear_token_stats,
+)
 from ._information import (
     cross_entropy as cross_entropy,
     entropy as entropy,

@@ -160,3 +160,81 @@ def test_readme_sharding_example_runs_as_pasted():
     assert f"loss {float(plain):.4f}, gradient split like the logits: " in out
     assert "P('data', 'vocab')" in out
     assert f"fused loss {float(fused):.4f}, d_weight (4099, 128)" in out
+
+
+# -- the fused losses on explicitly sharded input, without `mesh=` ------------------
+
+FR = np.random.default_rng(5)
+FN, FD, FV = 16, 8, 96
+FH = jnp.asarray(FR.standard_normal((FN, FD)), jnp.float32)
+FW = jnp.asarray(0.5 * FR.standard_normal((FV, FD)), jnp.float32)
+FT = jnp.asarray(FR.standard_normal((FN, FD)), jnp.float32)  # teacher hidden
+FY = jnp.asarray(FR.integers(0, FV, FN), jnp.int32).at[3].set(-100)
+FA = jnp.asarray(FR.standard_normal(FN), jnp.float32)  # advantages
+
+
+def fused_objectives(h, w, t, y):
+    """Each fused loss, with its gradient w.r.t. hidden and weight."""
+    stats = jaxce.linear_token_stats(h, w, jnp.maximum(y, 0), temperature=0.7)
+    ce = jaxce.linear_softmax_cross_entropy(
+        h, w, y, ignore_index=-100, label_smoothing=0.1
+    )
+    ce_none = jaxce.linear_softmax_cross_entropy(
+        h, w, y, ignore_index=-100, reduction="none"
+    )
+    distill = jaxce.linear_distillation_loss(h, w, t, 0.8 * w, kind="jsd")
+    objective = (
+        ce
+        + jnp.mean(FA * stats.logprob + 0.1 * stats.entropy)
+        + distill
+        + jnp.mean(ce_none)
+    )
+    return objective, (stats.logprob, ce_none)
+
+
+@functools.cache
+def fused_reference():
+    return jax.jit(jax.value_and_grad(fused_objectives, (0, 1), has_aux=True))(
+        FH, FW, FT, FY
+    )
+
+
+FUSED_LAYOUTS = {  # hidden / teacher hidden, weight
+    "batch": (P("data", None), P(None, None)),
+    "vocab": (P(None, None), P("classes", None)),
+    "both": (P("data", None), P("classes", None)),
+}
+
+
+@pytest.mark.parametrize("kind", ["explicit", "auto"])
+@pytest.mark.parametrize("layout", list(FUSED_LAYOUTS))
+def test_fused_losses_on_sharded_input(kind: str, layout: str):
+    """Token stats, the fused cross-entropy and the fused distillation, jitted,
+    on inputs split over the batch and/or the vocabulary, without ``mesh=``."""
+    m = mesh(kind)
+    h_spec, w_spec = FUSED_LAYOUTS[layout]
+    h = jax.device_put(FH, NamedSharding(m, h_spec))
+    t = jax.device_put(FT, NamedSharding(m, h_spec))
+    w = jax.device_put(FW, NamedSharding(m, w_spec))
+    y = jax.device_put(FY, NamedSharding(m, P(h_spec[0])))
+    got = jax.jit(jax.value_and_grad(fused_objectives, (0, 1), has_aux=True))(
+        h, w, t, y
+    )
+    assert_tree_allclose(got, fused_reference(), **TOL)
+    (_, (logprob, per_token)), (d_hidden, d_weight) = got
+    if kind == "explicit":
+        assert d_hidden.sharding.spec == h_spec
+        assert d_weight.sharding.spec == w_spec
+        assert logprob.sharding.spec == P(h_spec[0])
+        assert per_token.sharding.spec == P(h_spec[0])
+
+
+def test_fused_losses_eager_under_set_mesh():
+    m = mesh("explicit")
+    h = jax.device_put(FH, NamedSharding(m, P("data", None)))
+    t = jax.device_put(FT, NamedSharding(m, P("data", None)))
+    w = jax.device_put(FW, NamedSharding(m, P("classes", None)))
+    y = jax.device_put(FY, NamedSharding(m, P("data")))
+    with jax.set_mesh(m):
+        got = jax.value_and_grad(fused_objectives, (0, 1), has_aux=True)(h, w, t, y)
+    assert_tree_allclose(got, fused_reference(), **TOL)

@@ -53,4 +53,8 @@ from ._math import (
     xlogy as xlogy,
 )
 from ._reduction import Reducer as Reducer, make_reducer as make_reducer
-from ._sharding import explicitly_sharded as explicitly_sharded
+from ._sharding import (
+    batch_spec as batch_spec,
+    explicitly_sharded as explicitly_sharded,
+    run_auto as run_auto,
+)

@@ -8,6 +8,7 @@ loss) <- ``_tokens`` (token-chunked gradients in the forward) and
 """
 
 from ._api import linear_softmax_cross_entropy as linear_softmax_cross_entropy
+from ._distill import linear_distillation_loss as linear_distillation_loss
 from ._prepare import prepare as prepare
 from ._tokens import (
     Want as Want,

@@ -8,10 +8,21 @@ gradients in the forward), ``reduction="none"`` through the recompute path
 
 from __future__ import annotations
 
+from typing import Literal
+
 import jax
+from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
-from .._core import IndexLike, Number, Reduction, ScalarLike
+from .._core import (
+    IndexLike,
+    Number,
+    Reduction,
+    ScalarLike,
+    batch_spec,
+    explicitly_sharded,
+    run_auto,
+)
 from ._prepare import prepare
 from ._recompute import recompute_loss
 from ._tokens import token_path_loss
@@ -20,7 +31,7 @@ from ._vocab_parallel import check_layout, vocab_parallel_loss
 
 def linear_softmax_cross_entropy(
     hidden: Float[ArrayLike, "_tokens _features"],
-    weight: Float[ArrayLike, "_vocab _features"],
+    weight: Float[ArrayLike, "_vocab_or_features _features_or_vocab"],
     labels: Int[ArrayLike, " _tokens"],
     *,
     bias: Float[ArrayLike, " _vocab"] | None = None,
@@ -30,16 +41,20 @@ def linear_softmax_cross_entropy(
     z_loss: ScalarLike = 0.0,
     softcap: Number | None = None,
     where: Bool[ArrayLike, " _tokens"] | None = None,
+    weights: Float[ArrayLike, " _tokens"] | None = None,
+    normalizer: ScalarLike | None = None,
     reduction: Reduction = "mean",
-    chunk_size: IndexLike | None = None,
+    chunk_size: IndexLike | Literal["auto"] | None = None,
+    memory_budget_bytes: int | None = None,
+    weight_layout: Literal["vd", "dv"] = "vd",
     mesh: jax.sharding.Mesh | None = None,
     batch_axis: str | tuple[str, ...] | None = None,
     vocab_axis: str | tuple[str, ...] | None = None,
 ) -> Float[Array, "..."]:
     r"""Linear layer + sparse softmax cross-entropy without materialising logits.
 
-    Equal (value and gradients w.r.t. ``hidden``, ``weight``, ``bias`` and
-    ``class_weights``) to
+    Equal (value and gradients w.r.t. ``hidden``, ``weight``, ``bias``,
+    ``class_weights``, ``weights`` and ``normalizer``) to
 
         sparse_softmax_cross_entropy(z, labels, ...),
         z = hidden @ weight.T + bias          (softcap c: z = c * tanh(z / c))
@@ -51,8 +66,12 @@ def linear_softmax_cross_entropy(
         + \frac{\varepsilon}{V} \sum_c w_c (\operatorname{lse} - z_c)
         + \lambda\, \operatorname{lse}^2$$
 
-    reduced as in `jaxce.sparse_softmax_cross_entropy` (``"mean"`` divides by
-    the sum of $w_y$ over present tokens, PyTorch's ``F.cross_entropy``).
+    reduced as in `jaxce.sparse_softmax_cross_entropy`: with sample weights
+    $s_n$ (``weights``, default 1) over the present tokens, ``"sum"`` is
+    $\sum_n s_n L_n$, ``"mean"`` $\sum_n s_n L_n / \sum_n s_n w_{y_n}$
+    (PyTorch's ``F.cross_entropy`` when $s = 1$), ``"sum_over_batch_size"``
+    $\sum_n s_n L_n / \#\text{present}$ and, with a ``normalizer`` $Z$, every
+    scalar reduction is $\sum_n s_n L_n / Z$.
 
     Not differentiated, the logits are formed in ``chunk_size``-class blocks
     (and, for many tokens, token blocks of ~16 Mi logits in all, at least 256
@@ -85,8 +104,8 @@ def linear_softmax_cross_entropy(
 
     Args:
         hidden: ``(N, D)`` activations.
-        weight: ``(V, D)`` classifier (PyTorch ``nn.Linear`` layout), same dtype as
-            ``hidden``.
+        weight: ``(V, D)`` classifier (PyTorch ``nn.Linear`` layout) or, with
+            ``weight_layout="dv"``, ``(D, V)``; same dtype as ``hidden``.
         labels: ``(N,)`` integer classes in ``[0, V)``. A present label outside
             ``[0, V)`` (not ``ignore_index``, not masked by ``where``) is not
             wrapped or clipped: that token's loss is NaN (as in
@@ -103,12 +122,50 @@ def linear_softmax_cross_entropy(
         softcap: $c > 0$: logits ``c * tanh(z / c)`` (Gemma 2), or None.
         where: ``(N,)`` boolean **per-token** mask (False tokens are absent); there
             is no per-class mask here.
+        weights: ``(N,)`` float per-token sample weights $s_n$ (a scalar
+            broadcasts), as in `jaxce.sparse_softmax_cross_entropy`: token
+            ``n``'s loss counts ``s_n`` times, in the ``"mean"`` denominator
+            too (``sum_n s_n w_{y_n}``); ``"none"`` returns ``s_n L_n``. Absent
+            tokens count 0 whatever their weight. Differentiable: the gradient
+            w.r.t. ``weights`` is the true one (``dR / ds_n = L_n / Z`` with a
+            normalizer, ``L_n`` for ``"sum"``, and for
+            ``"mean"`` ``(L_n - R w_{y_n}) / sum_m s_m w_{y_m}``), on every path.
+        normalizer: a number or scalar array $Z > 0$ (a traced one is not
+            checked); needs a scalar ``reduction``, whose own denominator it
+            replaces: the loss is ``sum_n s_n L_n / Z``. Exact gradient
+            accumulation: split a batch into microbatches and call each with
+            the same ``Z`` (e.g. the whole batch's ``sum_n s_n w_{y_n}``); the
+            summed losses and gradients are then the whole batch's ``"mean"``
+            ones, which a ``"mean"`` per microbatch is not. Differentiable
+            (``dR / dZ = -R / Z``).
         reduction: ``"none"``, ``"sum"``, ``"mean"`` or ``"sum_over_batch_size"``.
         chunk_size: classes per block (of the statistics pass, of the
             recompute backward and of the ``dW`` update in the token-chunked
             gradient pass), an integer scalar >= 1 (``int`` or a NumPy
             integer); None picks 2048 (clipped to ``V``). ``V`` need not be a
-            multiple of it. The token chunks are automatic.
+            multiple of it. The token chunks are automatic. ``"auto"``: from
+            the element budget ``B`` (below), ``sqrt(B)`` classes rounded down
+            to a multiple of 128 (at least 128, at most ``V``; 4096 for the
+            default budget), with ``B // chunk`` tokens per block.
+        memory_budget_bytes: bytes for the logits blocks, an int >= 1; None:
+            256 MiB (the default blocks). The element budget is
+            ``B = memory_budget_bytes // (4 * itemsize)``: four logits-sized
+            arrays live at once (``z``, its ``exp``, ``dz`` and its cast) in
+            the compute dtype (itemsize 4 for float32, bf16 and fp16 input; 8
+            for float64), so the default is ``B = 2**24`` in float32. The
+            token path's ``(T, V)`` chunk has ``T = max(1, B // V)`` tokens; a
+            vocabulary block has ``chunk`` classes by ``max(256, B // chunk)``
+            tokens (floors that keep the matmuls efficient, so a tiny budget
+            is exceeded by them). The result does not depend on the block
+            sizes (to float rounding); the gradients and their float32
+            accumulators (``dW``, ``dH``) come on top.
+        weight_layout: ``"vd"`` (default): ``weight`` is ``(V, D)`` and
+            ``z = hidden @ weight.T``; ``"dv"``: ``weight`` is ``(D, V)`` (an
+            untied Flax ``nnx.Linear`` kernel) and ``z = hidden @ weight``. The
+            kernels contract ``weight`` in place (``lax.dot_general``
+            dimension numbers, blocks sliced along its class axis), so ``"dv"``
+            makes no transposed copy of it; its gradient comes back ``(D, V)``
+            and, on a mesh, ``weight`` is split over its axis 1.
         mesh, batch_axis, vocab_axis: run vocabulary- / data-parallel under
             ``shard_map`` (Megatron-style); ``mesh=None`` runs on one device.
             ``hidden`` / ``labels`` / ``where`` are split over ``batch_axis``
@@ -159,6 +216,22 @@ def linear_softmax_cross_entropy(
         >>> print(dw[0])
         [-0.22948  0.21653]
 
+        Gradient accumulation: two microbatches, each divided by the whole
+        batch's token count, sum to the whole batch's mean.
+
+        >>> a = jaxce.linear_softmax_cross_entropy(h[:2], w, y[:2], normalizer=3)
+        >>> b = jaxce.linear_softmax_cross_entropy(h[2:], w, y[2:], normalizer=3)
+        >>> print(a + b)
+        0.91970
+        >>> print(jaxce.linear_softmax_cross_entropy(
+        ...     h, w, y, weights=jnp.array([1.0, 0.0, 2.0]), reduction="sum"))
+        3.27534
+
+        A Flax ``(features, vocab)`` kernel, untransposed:
+
+        >>> print(jaxce.linear_softmax_cross_entropy(h, w.T, y, weight_layout="dv"))
+        0.91970
+
         Vocabulary-parallel over every device: the 4 classes are padded to a
         multiple of the device count when it does not divide them.
 
@@ -175,6 +248,21 @@ def linear_softmax_cross_entropy(
         Shoeybi et al., *Megatron-LM*, 2019 (vocabulary-parallel
         cross-entropy), https://arxiv.org/abs/1909.08053.
     """
+    arrays = (hidden, weight, labels, bias, class_weights, where, weights, normalizer)
+    if mesh is None and explicitly_sharded(*arrays):
+        # Explicitly sharded input without `mesh=`: the blockwise kernels run with
+        # the mesh's axes as Auto (the compiler partitions them).
+        def auto(h, w, y, b, cw, m, sw, z):
+            return linear_softmax_cross_entropy(
+                h, w, y, bias=b, class_weights=cw, ignore_index=ignore_index,
+                label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+                where=m, weights=sw, normalizer=z, reduction=reduction,
+                chunk_size=chunk_size, memory_budget_bytes=memory_budget_bytes,
+                weight_layout=weight_layout,
+            )  # fmt: skip
+
+        out = batch_spec(hidden) if reduction == "none" else P()
+        return run_auto(auto, arrays, out)
     if mesh is None:
         if batch_axis is not None or vocab_axis is not None:
             raise ValueError("`batch_axis` / `vocab_axis` need a `mesh`.")
@@ -185,6 +273,8 @@ def linear_softmax_cross_entropy(
         hidden, weight, labels, bias=bias, class_weights=class_weights,
         ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss,
         softcap=softcap, where=where, reduction=reduction, chunk_size=chunk_size,
+        weights=weights, normalizer=normalizer, weight_layout=weight_layout,
+        memory_budget_bytes=memory_budget_bytes,
     )  # fmt: skip
     if layout is not None:
         return vocab_parallel_loss(p, layout)

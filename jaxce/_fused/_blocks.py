@@ -17,6 +17,7 @@ A shard whose vocabulary was padded to split evenly over the devices passes
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple, TypeVar, cast
 
@@ -25,6 +26,13 @@ from jax import lax
 from jaxtyping import Array
 
 from .._core import compute_dtype
+from ._weight_layout import (
+    WEIGHT_LAYOUTS as WEIGHT_LAYOUTS,
+    class_axis as class_axis,
+    hidden_grad as hidden_grad,
+    weight_grad as weight_grad,
+    weight_slice as weight_slice,
+)
 
 C = TypeVar("C")
 
@@ -34,6 +42,22 @@ DEFAULT_CHUNK = 2048
 """Classes per vocabulary block when ``chunk_size`` is None."""
 MIN_TOKEN_BLOCK = 256
 """Fewest tokens per vocabulary block (keeps the matmul from degenerating)."""
+MIN_AUTO_CHUNK = 128
+"""Fewest classes per vocabulary block with ``chunk_size="auto"``."""
+LOGITS_ARRAYS = 4
+"""Logits-block-sized arrays live at once (``z``, ``exp``, ``dz``, its cast)."""
+
+
+def budget_elements(memory_budget_bytes: int | None, dtype) -> int | None:
+    """The element budget of a byte budget: ``bytes // (4 * itemsize)``.
+
+    ``itemsize`` is that of the compute dtype (4 for float32, also for bf16 /
+    fp16 input); so 256 MiB (the default) gives `BLOCK_ELEMENTS`. None: None.
+    """
+    if memory_budget_bytes is None:
+        return None
+    per = LOGITS_ARRAYS * jnp.dtype(dtype).itemsize
+    return max(1, memory_budget_bytes // per)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +85,7 @@ def token_chunk_for(n: int, v: int, budget: int | None = None) -> int:
 
 
 def block_sizes(
-    n: int, v: int, chunk_size: int | None = None, budget: int | None = None
+    n: int, v: int, chunk_size: int | str | None = None, budget: int | None = None
 ) -> Blocks:
     """Every block size for ``n`` tokens and a vocabulary (slice) of ``v`` classes.
 
@@ -77,10 +101,15 @@ def block_sizes(
     - the token path (scalar reductions, differentiated) needs each token's
       *full-vocabulary* logits row (for the analytic ``dz``), so its block is
       ``(T, v)`` with ``T = token_chunk_for(n, v, B)``: the budget itself. A
-      large ``T`` matters there, since every chunk adds into the whole ``dW``.
+      large ``T`` matters there, since every chunk adds into the whole ``dW``;
+    - ``chunk_size="auto"``: square-ish vocabulary blocks, ``sqrt(B)`` classes
+      rounded down to a multiple of 128 (at least 128, at most ``v``).
     """
     budget = BLOCK_ELEMENTS if budget is None else budget
-    c = max(1, min(DEFAULT_CHUNK if chunk_size is None else chunk_size, v))
+    if chunk_size == "auto":
+        root = math.isqrt(budget) // MIN_AUTO_CHUNK * MIN_AUTO_CHUNK
+        chunk_size = max(MIN_AUTO_CHUNK, root)
+    c = max(1, min(DEFAULT_CHUNK if chunk_size is None else int(chunk_size), v))
     t = max(1, min(n, max(MIN_TOKEN_BLOCK, budget // c)))
     return Blocks(c, t, token_chunk_for(n, v, budget))
 
@@ -93,6 +122,12 @@ class Static:
     blocks: Blocks
     need_sum: bool  # label smoothing: sum_c w_c z_c is needed
     reduction: str
+    weight_layout: str = "vd"  # "vd": weight (V, D); "dv": weight (D, V)
+
+    @property
+    def class_axis(self) -> int:
+        """The axis of ``weight`` that indexes classes."""
+        return class_axis(self.weight_layout)
 
 
 class Operands(NamedTuple):
@@ -104,7 +139,7 @@ class Operands(NamedTuple):
     """
 
     hidden: Array  # (N, D)
-    weight: Array  # (V, D): rows = classes
+    weight: Array  # (V, D) ("vd", rows = classes) or (D, V) ("dv")
     bias: Array | None  # (V,)
     labels: Array  # (N,) int
     class_weights: Array | None  # (V,)
@@ -148,9 +183,16 @@ def lse_from_stats(m: Array, s: Array) -> Array:
     return jnp.where(jnp.isfinite(m), m, 0) + jnp.log(s)
 
 
-def logits_block(h: Array, w: Array, b: Array | None, softcap, cdt) -> Array:
-    """``softcap(h @ w.T + b)`` in the compute dtype ``cdt``: (T, C)."""
-    z = lax.dot_general(h, w, (((1,), (1,)), ((), ())), preferred_element_type=cdt)
+def logits_block(
+    h: Array, w: Array, b: Array | None, softcap, cdt, weight_layout: str = "vd"
+) -> Array:
+    """``softcap(h @ w.T + b)`` (``"dv"``: ``h @ w``) in the compute dtype: (T, C).
+
+    One ``dot_general`` contracting the feature axis of ``w`` in place: no
+    transpose of the weight.
+    """
+    k = 1 - class_axis(weight_layout)  # the feature axis of w
+    z = lax.dot_general(h, w, (((1,), (k,)), ((), ())), preferred_element_type=cdt)
     if b is not None:
         z = z + b.astype(cdt)[None, :]
     if softcap is not None:
@@ -197,7 +239,8 @@ def chunk_stats(ops: Operands, st: Static, limit=None) -> Online:
     """
     hidden, weight, bias, labels, _ = ops
     class_weights = ops.class_weights if st.need_sum else None
-    n, v = hidden.shape[0], weight.shape[0]
+    lay = st.weight_layout
+    n, v = hidden.shape[0], weight.shape[st.class_axis]
     cdt = compute_dtype(hidden.dtype, weight.dtype)
     c, t = st.blocks.chunk_size, st.blocks.token_chunk
     neg_inf = jnp.asarray(-jnp.inf, cdt)
@@ -210,9 +253,9 @@ def chunk_stats(ops: Operands, st: Static, limit=None) -> Online:
         def vocab_step(acc, j):
             m, s, zy, sw = acc
             start, lo = chunk_start(j, c, v)
-            w = lax.dynamic_slice_in_dim(weight, start, c, 0)
+            w = weight_slice(weight, start, c, lay)
             b = None if bias is None else lax.dynamic_slice_in_dim(bias, start, c)
-            z = logits_block(h, w, b, st.softcap, cdt)
+            z = logits_block(h, w, b, st.softcap, cdt, lay)
             cols = start + jnp.arange(c)
             valid = _real_columns(cols >= lo, cols, limit)
             zm = jnp.where(valid[None, :], z, neg_inf)
@@ -252,6 +295,9 @@ def chunk_grads(
 ) -> Grads:
     """Gradients through the logits, given per-token cotangents ``cts``.
 
+    (Shapes below for ``weight_layout="vd"``; with ``"dv"`` ``weight`` and
+    ``d_weight`` are ``(D, V)``.)
+
     Recomputes each logits block and forms
 
         dz[n, c] = g_lse[n] * exp(z[n, c] - lse[n]) + g_zy[n] * [c == labels[n]]
@@ -271,7 +317,8 @@ def chunk_grads(
     hidden, weight, bias, labels, _ = ops
     class_weights = ops.class_weights if st.need_sum else None
     n, d = hidden.shape
-    v = weight.shape[0]
+    lay, ax = st.weight_layout, st.class_axis
+    v = weight.shape[ax]
     cdt = compute_dtype(hidden.dtype, weight.dtype)
     in_dt = jnp.result_type(hidden, weight)
     wdt = weight.dtype if weight_grad_dtype is None else weight_grad_dtype
@@ -283,7 +330,7 @@ def chunk_grads(
     def vocab_step(carry, j):
         dh, dw, db, dcw = carry
         start, lo = chunk_start(j, c, v)
-        w = lax.dynamic_slice_in_dim(weight, start, c, 0)
+        w = weight_slice(weight, start, c, lay)
         b = None if bias is None else lax.dynamic_slice_in_dim(bias, start, c)
         cw = None
         if class_weights is not None:
@@ -295,7 +342,7 @@ def chunk_grads(
             dh, dwj, dbj, dcwj = acc
             sl = lambda x: lax.dynamic_slice_in_dim(x, t_start, t, 0)  # noqa: E731
             h, lab = sl(hidden), sl(labels)
-            z = logits_block(h, w, b, st.softcap, cdt)
+            z = logits_block(h, w, b, st.softcap, cdt, lay)
             dz = sl(g_lse)[:, None] * jnp.exp(z - sl(lse)[:, None])
             dz = dz + jnp.where(cols[None, :] == lab[:, None], sl(g_zy)[:, None], zero)
             if g_sum is not None:
@@ -307,11 +354,9 @@ def chunk_grads(
             mask = rows[:, None] & valid[None, :]
             dz = jnp.where(mask, dz, zero)
             dzc = dz.astype(in_dt)
-            dims = (((1,), (0,)), ((), ()))
-            dh_blk = lax.dot_general(dzc, w, dims, preferred_element_type=cdt)
+            dh_blk = hidden_grad(dzc, w, lay, cdt)
             dh = lax.dynamic_update_slice_in_dim(dh, sl(dh) + dh_blk, t_start, 0)
-            dims_w = (((0,), (0,)), ((), ()))
-            dwj = dwj + lax.dot_general(dzc, h, dims_w, preferred_element_type=cdt)
+            dwj = dwj + weight_grad(dzc, h, lay, cdt)
             if dbj is not None:
                 dbj = dbj + jnp.sum(dz, axis=0)
             if dcwj is not None and g_sum is not None:
@@ -321,25 +366,25 @@ def chunk_grads(
 
         acc = (
             dh,
-            jnp.zeros((c, d), cdt),
+            jnp.zeros((c, d) if ax == 0 else (d, c), cdt),
             None if db is None else jnp.zeros((c,), cdt),
             None if dcw is None else jnp.zeros((c,), cdt),
         )
         dh, dwj, dbj, dcwj = token_blocks(n, t, block, acc)
 
-        def put(full, part):
-            old = lax.dynamic_slice_in_dim(full, start, c, 0)
+        def put(full, part, axis=0):
+            old = lax.dynamic_slice_in_dim(full, start, c, axis)
             new = old + part.astype(full.dtype)
-            return lax.dynamic_update_slice_in_dim(full, new, start, 0)
+            return lax.dynamic_update_slice_in_dim(full, new, start, axis)
 
-        dw = put(dw, dwj)
+        dw = put(dw, dwj, ax)
         db = None if db is None else put(db, dbj)
         dcw = None if dcw is None else put(dcw, dcwj)
         return (dh, dw, db, dcw), None
 
     init = (
         jnp.zeros((n, d), cdt),
-        jnp.zeros((v, d), wdt),
+        jnp.zeros(weight.shape, wdt),
         None if bias is None else jnp.zeros((v,), cdt),
         None if class_weights is None else jnp.zeros((v,), cdt),
     )

@@ -29,7 +29,14 @@ from .._core import (
     make_reducer,
     out_of_range,
 )
-from ._blocks import Operands, Static, block_sizes
+from ._blocks import (
+    WEIGHT_LAYOUTS,
+    Operands,
+    Static,
+    block_sizes,
+    budget_elements,
+    class_axis,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +45,8 @@ class Prepared:
 
     Attributes:
         hidden: ``(N, D)`` floating input.
-        weight: ``(V, D)``, the dtype of ``hidden``.
+        weight: ``(V, D)`` (``weight_layout="vd"``) or ``(D, V)`` (``"dv"``),
+            the dtype of ``hidden``.
         bias: ``(V,)`` or None.
         labels: ``(N,)`` default-int labels, absent and out-of-range tokens set
             to 0 (safe to index with).
@@ -47,9 +55,12 @@ class Prepared:
         label_smoothing, z_loss: the checked hyperparameters (numbers or traced
             scalars).
         softcap: ``c`` of ``c * tanh(z / c)`` (a float) or None.
-        chunk_size: the requested classes per block (None: the default).
+        chunk_size: the requested classes per block (None: the default,
+            ``"auto"``: from the budget).
         reducer: the reduction (a `Reducer`, presence included) in the
             compute dtype, returning the dtype of ``hidden``.
+        weight_layout: ``"vd"`` or ``"dv"``.
+        budget: the logits-block element budget (None: `BLOCK_ELEMENTS`).
     """
 
     hidden: Array
@@ -61,8 +72,10 @@ class Prepared:
     label_smoothing: object
     z_loss: object
     softcap: float | None
-    chunk_size: int | None
+    chunk_size: int | str | None
     reducer: Reducer
+    weight_layout: str = "vd"
+    budget: int | None = None
 
     @property
     def present(self) -> Array:
@@ -79,7 +92,7 @@ class Prepared:
 
     @property
     def num_classes(self) -> int:
-        return self.weight.shape[0]
+        return self.weight.shape[class_axis(self.weight_layout)]
 
     @property
     def need_sum(self) -> bool:
@@ -110,9 +123,10 @@ class Prepared:
         v = self.num_classes if v is None else v
         return Static(
             softcap=self.softcap,
-            blocks=block_sizes(n, v, self.chunk_size),
+            blocks=block_sizes(n, v, self.chunk_size, self.budget),
             need_sum=self.need_sum,
             reduction=self.reduction,
+            weight_layout=self.weight_layout,
         )
 
 
@@ -145,18 +159,30 @@ def prepare(
     where: ArrayLike | None,
     reduction: str,
     chunk_size: object,
+    weights: ArrayLike | None = None,
+    normalizer: ArrayLike | None = None,
+    weight_layout: object = "vd",
+    memory_budget_bytes: object = None,
 ) -> Prepared:
     """Check the public arguments (trace time) and normalise them."""
+    if not isinstance(weight_layout, str) or weight_layout not in WEIGHT_LAYOUTS:
+        raise ValueError(
+            f'`weight_layout` must be "vd" (weight (vocab, features), nn.Linear) or '
+            f'"dv" (weight (features, vocab), a Flax kernel), got {weight_layout!r}.'
+        )
     hidden = as_float_input(hidden, "hidden")
     weight = as_float_input(weight, "weight")
     labels = jnp.asarray(labels)
+    dims = "(vocab, features)" if weight_layout == "vd" else "(features, vocab)"
     _check_2d(hidden, "hidden", "(tokens, features)")
-    _check_2d(weight, "weight", "(vocab, features) like nn.Linear")
-    (n, d), v = hidden.shape, weight.shape[0]
-    if weight.shape[1] != d:
+    _check_2d(weight, "weight", f"{dims} (weight_layout={weight_layout!r})")
+    ax = class_axis(weight_layout)
+    (n, d), v = hidden.shape, weight.shape[ax]
+    if weight.shape[1 - ax] != d:
         raise ValueError(
-            f"`weight` {weight.shape} must be (vocab, features) with the features of "
-            f"`hidden` {hidden.shape}: got {weight.shape[1]} != {d}."
+            f"`weight` {weight.shape} must be {dims} (weight_layout="
+            f"{weight_layout!r}) with the features of `hidden` {hidden.shape}: got "
+            f"{weight.shape[1 - ax]} != {d}."
         )
     if hidden.dtype != weight.dtype:
         raise TypeError(
@@ -179,7 +205,9 @@ def prepare(
     check_nonneg(z_loss, "z_loss")
     check_reduction(reduction)
     softcap = _check_softcap(softcap)
-    chunk = check_positive_int(chunk_size, "chunk_size")
+    auto = isinstance(chunk_size, str) and chunk_size == "auto"
+    chunk = "auto" if auto else check_positive_int(chunk_size, "chunk_size")
+    budget = check_positive_int(memory_budget_bytes, "memory_budget_bytes")
     if where is not None and jnp.shape(where) != (n,):
         raise ValueError(
             f"`where` must be a per-token mask of shape ({n},), got {jnp.shape(where)}."
@@ -188,8 +216,21 @@ def prepare(
     ignore = check_ignore_index(ignore_index)
     if ignore is not None:
         present = present & (labels != ignore)
+    if weights is not None:
+        weights = as_float_input(weights, "weights")
+        if weights.shape not in ((), (n,)):
+            raise ValueError(
+                f"`weights` must be per-token sample weights of shape ({n},), got "
+                f"{weights.shape}."
+            )
     reducer = make_reducer(
-        present, dtype, hidden.dtype, weights=None, reduction=reduction, base=None
+        present,
+        dtype,
+        hidden.dtype,
+        weights=weights,
+        reduction=reduction,
+        base=None,
+        normalizer=normalizer,
     )
     invalid = present & out_of_range(labels, v)
     # The default int dtype: the kernels compare labels with jnp.arange indices.
@@ -207,4 +248,6 @@ def prepare(
         softcap=softcap,
         chunk_size=chunk,
         reducer=reducer,
+        weight_layout=weight_layout,
+        budget=budget_elements(budget, dtype),
     )

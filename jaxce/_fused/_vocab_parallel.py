@@ -44,7 +44,15 @@ from jax import lax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 from jaxtyping import Array
 
-from ._blocks import Operands, Static, Stats, chunk_grads, chunk_stats, lse_from_stats
+from ._blocks import (
+    Operands,
+    Static,
+    Stats,
+    chunk_grads,
+    chunk_stats,
+    class_axis,
+    lse_from_stats,
+)
 from ._prepare import Prepared
 from ._recompute import token_losses
 
@@ -75,13 +83,19 @@ class Layout:
 
     Build with `check_layout`; ``num_classes`` is set (to the real vocabulary
     size) only when the vocabulary is padded to a multiple of the vocabulary
-    axis, the padding being the last rows of ``weight``.
+    axis, the padding being the last classes of ``weight``; ``weight_layout``
+    says which axis of ``weight`` holds the classes (and is split).
     """
 
     mesh: Mesh
     batch_axis: AxisName
     vocab_axis: AxisName
     num_classes: int | None = None
+    weight_layout: str = "vd"
+
+    def classes(self, weight: Array) -> int:
+        """Classes of ``weight`` (this device's block inside ``shard_map``)."""
+        return weight.shape[class_axis(self.weight_layout)]
 
     def size(self, axis: AxisName) -> int:
         return int(np.prod([self.mesh.shape[a] for a in _names(axis)]))
@@ -112,9 +126,10 @@ class Layout:
         """``shard_map`` specs of the operands (None for absent ones)."""
         vocab = P(self.vocab_axis)
         opt = lambda x: None if x is None else vocab  # noqa: E731
+        split = self.vocab_axis
         specs = (
             P(self.batch_axis, None),
-            P(self.vocab_axis, None),
+            P(split, None) if self.weight_layout == "vd" else P(None, split),
             opt(ops.bias),
             self.row(),
             opt(ops.class_weights),
@@ -150,20 +165,21 @@ def check_layout(mesh: object, batch_axis: AxisName, vocab_axis: AxisName) -> La
 
 def _localise(lay: Layout, ops: Operands) -> Operands:
     """The operands with labels relative to this device's vocabulary block."""
-    v_local = ops.weight.shape[0]
+    v_local = lay.classes(ops.weight)
     y = ops.labels
     return ops._replace(labels=y - jnp.asarray(lay.vocab_offset(v_local), y.dtype))
 
 
-def _owned(ops: Operands) -> Array:
-    """Tokens whose (local) label is in this device's vocabulary block."""
-    return (ops.labels >= 0) & (ops.labels < ops.weight.shape[0])
+def _owned(ops: Operands, v_local: int) -> Array:
+    """Tokens whose (local) label is in this device's block of ``v_local``."""
+    return (ops.labels >= 0) & (ops.labels < v_local)
 
 
 def _local_stats(lay: Layout, st: Static, ops: Operands):
     """Per-token ``(lse, z_y, sum_wz, w_y)`` of this device's rows, all classes."""
     ops = _localise(lay, ops)
-    m, s, zy, sw = chunk_stats(ops, st, lay.real_classes(ops.weight.shape[0]))
+    v_local = lay.classes(ops.weight)
+    m, s, zy, sw = chunk_stats(ops, st, lay.real_classes(v_local))
     if lay.size(lay.vocab_axis) > 1:
         big = lax.pmax(m, lay.vocab_axis)
         big_safe = jnp.where(jnp.isfinite(big), big, 0)
@@ -174,8 +190,9 @@ def _local_stats(lay: Layout, st: Static, ops: Operands):
     if cw is None:
         wy = jnp.zeros_like(zy)
     else:
-        v_local = ops.weight.shape[0]
-        wy = jnp.where(_owned(ops), cw[jnp.clip(ops.labels, 0, v_local - 1)], 0)
+        wy = jnp.where(
+            _owned(ops, v_local), cw[jnp.clip(ops.labels, 0, v_local - 1)], 0
+        )
     zy, sw, wy = (lay.psum_vocab(x) for x in (zy, sw, wy))
     return lse, zy, sw, wy
 
@@ -192,7 +209,7 @@ def _local_grads(lay: Layout, st: Static, ops: Operands, lse, cts):
         Stats(g_lse, g_zy, g_sum),
         st,
         weight_grad_dtype=w.dtype if lay.batch_axis is None else cdt,
-        limit=lay.real_classes(w.shape[0]),
+        limit=lay.real_classes(lay.classes(w)),
     )
     dh = lay.psum_vocab(g.d_hidden).astype(h.dtype)
     dw = lay.psum_batch(g.d_weight).astype(w.dtype)
@@ -202,8 +219,8 @@ def _local_grads(lay: Layout, st: Static, ops: Operands, lse, cts):
     dcw = g.d_class_weights
     if cw is not None:
         # d w_y / d cw: scatter g_wy onto the owned labels (others dropped).
-        v_local = w.shape[0]
-        idx = jnp.where(_owned(ops), ops.labels, v_local)
+        v_local = lay.classes(w)
+        idx = jnp.where(_owned(ops, v_local), ops.labels, v_local)
         d_wy = jnp.zeros((v_local,), cdt).at[idx].add(g_wy.astype(cdt), mode="drop")
         dcw = d_wy if dcw is None else dcw.astype(cdt) + d_wy
         dcw = lay.psum_batch(dcw).astype(cw.dtype)
@@ -254,19 +271,21 @@ def _round_up(x: int, k: int) -> int:
     return -(-x // k) * k
 
 
-def _pad(x: Array, rows: int) -> Array:
-    """``x`` with zero rows appended along axis 0 up to ``rows``."""
-    if x.shape[0] == rows:
+def _pad(x: Array, rows: int, axis: int = 0) -> Array:
+    """``x`` with zeros appended along ``axis`` up to ``rows``."""
+    if x.shape[axis] == rows:
         return x
-    return jnp.pad(x, [(0, rows - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, rows - x.shape[axis])
+    return jnp.pad(x, widths)
 
 
-def _padded(ops: Operands, n: int, v: int) -> Operands:
+def _padded(ops: Operands, n: int, v: int, weight_layout: str) -> Operands:
     """The operands padded to ``n`` tokens and ``v`` classes (zeros, label 0)."""
     opt = lambda x: None if x is None else _pad(x, v)  # noqa: E731
     return Operands(
         _pad(ops.hidden, n),
-        _pad(ops.weight, v),
+        _pad(ops.weight, v, class_axis(weight_layout)),
         opt(ops.bias),
         _pad(ops.labels, n),
         opt(ops.class_weights),
@@ -322,10 +341,11 @@ def vocab_parallel_loss(p: Prepared, lay: Layout) -> Array:
     nb, nv = lay.size(lay.batch_axis), lay.size(lay.vocab_axis)
     (n, _), v = p.hidden.shape, p.num_classes
     n_pad, v_pad = _round_up(n, nb), _round_up(v, nv)
+    lay = dataclasses.replace(lay, weight_layout=p.weight_layout)
     if v_pad != v:
         lay = dataclasses.replace(lay, num_classes=v)
     st = p.static(n_pad // nb, v_pad // nv)
-    ops = _padded(p.operands(), n_pad, v_pad)
+    ops = _padded(p.operands(), n_pad, v_pad, p.weight_layout)
     specs, row, vocab = lay.specs(ops), lay.row(), P(lay.vocab_axis)
     ops = Operands(
         lay.place(ops.hidden, specs.hidden),
@@ -352,5 +372,10 @@ def vocab_parallel_loss(p: Prepared, lay: Layout) -> Array:
         invalid=rows(p.invalid),
         w_y=w_y,
     )
-    reducer = dataclasses.replace(p.reducer, present=rows(p.present))
+    wts = p.reducer.weights
+    reducer = dataclasses.replace(
+        p.reducer,
+        present=rows(p.present),
+        weights=None if wts is None else rows(wts),
+    )
     return reducer.reduce(nll, w_y)

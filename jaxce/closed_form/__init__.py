@@ -25,3 +25,4 @@ from ._softmax import (
     softmax_cross_entropy as softmax_cross_entropy,
     sparse_softmax_cross_entropy as sparse_softmax_cross_entropy,
 )
+from ._token_stats import token_stats_logits_grad as token_stats_logits_grad

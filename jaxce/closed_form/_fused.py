@@ -67,8 +67,11 @@ def linear_softmax_cross_entropy(
 
     Returns:
         A tuple ``(d_hidden, d_weight, d_bias)`` in the dtypes of the inputs;
-        ``d_bias`` is None when ``bias`` is None. (No gradient for
-        ``class_weights``.)
+        ``d_bias`` is None when ``bias`` is None; ``d_weight`` has the shape
+        of ``weight`` (``(D, V)`` with ``weight_layout="dv"``). Sample
+        ``weights`` and a ``normalizer`` enter through the reduction's
+        coefficients ``c_n = w_n / Z``. (No gradient for ``class_weights``,
+        ``weights`` or ``normalizer``.)
 
     Examples:
         >>> import jax, jax.numpy as jnp, jaxce
@@ -91,7 +94,7 @@ def linear_softmax_cross_entropy(
         )
     p = prepare(hidden, weight, labels, **options)
     ops = p.operands()
-    cf = coefficients(p.reducer, ops, p.eps(), p.lam(), p.invalid)
+    cf = coefficients(p.reducer, ops, p.eps(), p.lam(), p.invalid, p.weight_layout)
     g = token_chunk_grads(ops, cf, p.static(), Want(d_hidden=True, d_weight=True))
     assert g.d_hidden is not None and g.d_weight is not None
     db = None if g.d_bias is None or p.bias is None else g.d_bias.astype(p.bias.dtype)
