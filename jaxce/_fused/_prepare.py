@@ -18,25 +18,23 @@ from .._core import (
     as_float_input,
     check_class_weights,
     check_ignore_index,
-    check_integer_labels,
     check_label_smoothing,
     check_nonneg,
     check_positive_int,
     check_reduction,
     compute_dtype,
-    element_mask,
     is_static_zero,
     make_reducer,
     out_of_range,
 )
 from ._blocks import (
-    WEIGHT_LAYOUTS,
     Operands,
     Static,
     block_sizes,
     budget_elements,
     class_axis,
 )
+from ._head import check_head
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,11 +128,6 @@ class Prepared:
         )
 
 
-def _check_2d(x: Array, name: str, dims: str) -> None:
-    if x.ndim != 2:
-        raise ValueError(f"`{name}` must be 2-D {dims}, got shape {x.shape}.")
-
-
 def _check_softcap(softcap: object) -> float | None:
     if softcap is None:
         return None
@@ -165,41 +158,10 @@ def prepare(
     memory_budget_bytes: object = None,
 ) -> Prepared:
     """Check the public arguments (trace time) and normalise them."""
-    if not isinstance(weight_layout, str) or weight_layout not in WEIGHT_LAYOUTS:
-        raise ValueError(
-            f'`weight_layout` must be "vd" (weight (vocab, features), nn.Linear) or '
-            f'"dv" (weight (features, vocab), a Flax kernel), got {weight_layout!r}.'
-        )
-    hidden = as_float_input(hidden, "hidden")
-    weight = as_float_input(weight, "weight")
-    labels = jnp.asarray(labels)
-    dims = "(vocab, features)" if weight_layout == "vd" else "(features, vocab)"
-    _check_2d(hidden, "hidden", "(tokens, features)")
-    _check_2d(weight, "weight", f"{dims} (weight_layout={weight_layout!r})")
-    ax = class_axis(weight_layout)
-    (n, d), v = hidden.shape, weight.shape[ax]
-    if weight.shape[1 - ax] != d:
-        raise ValueError(
-            f"`weight` {weight.shape} must be {dims} (weight_layout="
-            f"{weight_layout!r}) with the features of `hidden` {hidden.shape}: got "
-            f"{weight.shape[1 - ax]} != {d}."
-        )
-    if hidden.dtype != weight.dtype:
-        raise TypeError(
-            f"`hidden` and `weight` must have the same dtype, got {hidden.dtype} and "
-            f"{weight.dtype}; cast one of them."
-        )
-    check_integer_labels(labels)
-    if labels.shape != (n,):
-        raise ValueError(
-            f"`labels` must have shape ({n},) (one per row of `hidden`), got "
-            f"{labels.shape}."
-        )
+    head = check_head(hidden, weight, labels, bias, where, weight_layout)
+    hidden, weight, labels, bias = head.hidden, head.weight, head.labels, head.bias
+    weight_layout, n, v = head.weight_layout, head.num_tokens, head.num_classes
     dtype = compute_dtype(hidden.dtype)
-    if bias is not None:
-        bias = as_float_input(bias, "bias")
-        if bias.shape != (v,):
-            raise ValueError(f"`bias` must have shape ({v},), got {bias.shape}.")
     cw = check_class_weights(class_weights, v, dtype)
     check_label_smoothing(label_smoothing)
     check_nonneg(z_loss, "z_loss")
@@ -208,11 +170,7 @@ def prepare(
     auto = isinstance(chunk_size, str) and chunk_size == "auto"
     chunk = "auto" if auto else check_positive_int(chunk_size, "chunk_size")
     budget = check_positive_int(memory_budget_bytes, "memory_budget_bytes")
-    if where is not None and jnp.shape(where) != (n,):
-        raise ValueError(
-            f"`where` must be a per-token mask of shape ({n},), got {jnp.shape(where)}."
-        )
-    present = element_mask(where, (n,))
+    present = head.present
     ignore = check_ignore_index(ignore_index)
     if ignore is not None:
         present = present & (labels != ignore)

@@ -22,17 +22,15 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int
 from .._core import (
     IndexLike,
     Number,
-    as_float_input,
     batch_spec,
-    check_integer_labels,
     check_positive_int,
-    element_mask,
     explicitly_sharded,
     nan_where,
     out_of_range,
     run_auto,
 )
 from ._blocks import block_sizes
+from ._head import check_head, check_weight_layout
 from ._stat_blocks import (
     Cotangents,
     Raw,
@@ -84,59 +82,15 @@ def check_softcap(softcap: object) -> float | None:
     return None if softcap is None else _positive_number(softcap, "softcap")
 
 
-def check_weight_layout(weight_layout: object) -> str:
-    if weight_layout not in ("vd", "dv"):
-        raise ValueError(
-            '`weight_layout` must be "vd" (weight (vocab, features), nn.Linear) or '
-            f'"dv" (weight (features, vocab), a Flax kernel), got {weight_layout!r}.'
-        )
-    return cast(str, weight_layout)
-
-
 def _prepare(hidden, weight, labels, bias, where, layout):
     """Checked ``(StatOperands, invalid)``; ``invalid``: present, label out of range."""
-    hidden = as_float_input(hidden, "hidden")
-    weight = as_float_input(weight, "weight")
-    labels = jnp.asarray(labels)
-    if hidden.ndim != 2:
-        raise ValueError(
-            f"`hidden` must be 2-D (tokens, features), got {hidden.shape}."
-        )
-    dims = "(vocab, features)" if layout == "vd" else "(features, vocab)"
-    if weight.ndim != 2:
-        raise ValueError(f"`weight` must be 2-D {dims}, got shape {weight.shape}.")
-    n, d = hidden.shape
-    d_w = weight.shape[1 if layout == "vd" else 0]
-    if d_w != d:
-        raise ValueError(
-            f'`weight` {weight.shape} must be {dims} for weight_layout="{layout}", '
-            f"with the features of `hidden` {hidden.shape}: got {d_w} != {d}."
-        )
-    if hidden.dtype != weight.dtype:
-        raise TypeError(
-            f"`hidden` and `weight` must have the same dtype, got {hidden.dtype} and "
-            f"{weight.dtype}; cast one of them."
-        )
-    check_integer_labels(labels)
-    if labels.shape != (n,):
-        raise ValueError(
-            f"`labels` must have shape ({n},) (one per row of `hidden`), got "
-            f"{labels.shape}."
-        )
-    v = num_classes(weight, layout)
-    if bias is not None:
-        bias = as_float_input(bias, "bias")
-        if bias.shape != (v,):
-            raise ValueError(f"`bias` must have shape ({v},), got {bias.shape}.")
-    if where is not None and jnp.shape(where) != (n,):
-        raise ValueError(
-            f"`where` must be a per-token mask of shape ({n},), got {jnp.shape(where)}."
-        )
-    present = element_mask(where, (n,))
-    invalid = present & out_of_range(labels, v)
+    head = check_head(hidden, weight, labels, bias, where, layout)
+    present, labels = head.present, head.labels
+    invalid = present & out_of_range(labels, head.num_classes)
     int_dtype = jax.dtypes.canonicalize_dtype(jnp.int64)
     labels = jnp.where(present & ~invalid, labels, 0).astype(int_dtype)
-    return StatOperands(hidden, weight, bias, labels, present), invalid
+    ops = StatOperands(head.hidden, head.weight, head.bias, labels, present)
+    return ops, invalid
 
 
 def _masked(raw: Raw, present: Array, dtype) -> Raw:
