@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import pathlib
+from types import ModuleType
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -115,3 +119,17 @@ def softmax_np(z):
 
 def sigmoid_np(z):
     return 1 / (1 + np.exp(-z))
+
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_example(name: str) -> ModuleType:
+    """``examples/<name>.py`` imported as a module (its ``main`` is not run)."""
+    spec = importlib.util.spec_from_file_location(
+        f"jaxce_{name}", ROOT / "examples" / f"{name}.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -7,34 +7,16 @@ fused LM loss w.r.t. an NNX model against those of the unfused one.
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-
 import jax
 import numpy as np
 import pytest
-
-pytest.importorskip("flax")
-pytest.importorskip("sklearn")
-
-from flax import nnx  # noqa: E402
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def load_example():
-    spec = importlib.util.spec_from_file_location(
-        "jaxce_flax_nnx", ROOT / "examples" / "flax_nnx.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from flax import nnx
+from helpers import load_example
 
 
 @pytest.fixture(scope="module")
 def example():
-    return load_example()
+    return load_example("flax_nnx")
 
 
 def test_main_trains_both_models(example):

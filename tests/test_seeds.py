@@ -8,7 +8,6 @@ copied here: nothing reads the articles at test time.
 """
 
 import contextlib
-import importlib.util
 import io
 import itertools
 import math
@@ -20,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import load_example
 
 import jaxce
 
@@ -287,16 +287,6 @@ def test_learnable_variant_decreases_the_loss(gd):
     np.testing.assert_allclose(losses_cf, losses, rtol=1e-5)
     np.testing.assert_allclose(w_ad, gd.numpy_descent(GD_X, y), rtol=1e-4)
     np.testing.assert_array_equal(gd.predictions(GD_X, w_ad), y)
-
-
-def load_example(name: str):
-    spec = importlib.util.spec_from_file_location(
-        f"jaxce_{name}", ROOT / "examples" / f"{name}.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def load_tour():
