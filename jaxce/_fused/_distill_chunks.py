@@ -38,7 +38,7 @@ from jaxtyping import Array
 from .._core import compute_dtype
 from .._distillation import Divergence, divergence_and_grad
 from ._blocks import logits_block, token_blocks
-from ._tokens import _add_weight_grad
+from ._token_grads import add_weight_grad
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +124,7 @@ def distill_chunks(
             blk = lax.dot_general(dzc, ws, dims, preferred_element_type=cdt)
             dh = lax.dynamic_update_slice_in_dim(dh, sl(dh) + blk, t_start, 0)
         if dw is not None:
-            dw = _add_weight_grad(dw, dzc, h, c, cdt)
+            dw = add_weight_grad(dw, dzc, h, c, cdt)
         if db is not None:
             db = db + jnp.sum(dz, axis=0)
         return loss, dh, dw, db

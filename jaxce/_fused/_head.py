@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike
 
 from .._core import as_float_input, check_integer_labels, element_mask
-from ._weight_layout import WEIGHT_LAYOUTS, class_axis
+from ._weight_layout import WEIGHT_LAYOUTS, class_axis, num_classes
 
 
 class Head(NamedTuple):
@@ -34,7 +34,7 @@ class Head(NamedTuple):
 
     @property
     def num_classes(self) -> int:
-        return self.weight.shape[class_axis(self.weight_layout)]
+        return num_classes(self.weight, self.weight_layout)
 
 
 def check_weight_layout(weight_layout: object) -> str:

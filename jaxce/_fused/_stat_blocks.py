@@ -31,7 +31,14 @@ from jax import lax
 from jaxtyping import Array
 
 from .._core import compute_dtype
-from ._blocks import chunk_start, token_blocks
+from ._blocks import chunk_start, logits_block, token_blocks
+from ._weight_layout import (
+    class_axis,
+    hidden_grad,
+    num_classes,
+    weight_grad,
+    weight_slice,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,28 +80,13 @@ class Shift(NamedTuple):
     log_s: Array
 
 
-def num_classes(weight: Array, layout: str) -> int:
-    return weight.shape[0 if layout == "vd" else 1]
-
-
-def _class_axis(layout: str) -> int:
-    return 0 if layout == "vd" else 1
-
-
 def logits(h: Array, w: Array, b: Array | None, cfg: StatConfig, cdt) -> Array:
     """``z = softcap(h @ w + b)`` of one block, ``(T, C)`` in ``cdt``.
 
     ``w`` is a block of the weight in ``cfg.layout``. The temperature is applied
     after subtracting the running max (`shifted`), never to ``z`` itself.
     """
-    k = 1 if cfg.layout == "vd" else 0  # the feature axis of w
-    z = lax.dot_general(h, w, (((1,), (k,)), ((), ())), preferred_element_type=cdt)
-    if b is not None:
-        z = z + b.astype(cdt)[None, :]
-    if cfg.softcap is not None:
-        c = jnp.asarray(cfg.softcap, cdt)
-        z = c * jnp.tanh(z / c)
-    return z
+    return logits_block(h, w, b, cfg.softcap, cdt, cfg.layout)
 
 
 def shifted(x: Array, cfg: StatConfig) -> Array:
@@ -105,7 +97,7 @@ def shifted(x: Array, cfg: StatConfig) -> Array:
 def _slices(ops: StatOperands, cfg: StatConfig, start):
     """The weight and bias blocks of ``cfg.chunk_size`` classes at ``start``."""
     c = cfg.chunk_size
-    w = lax.dynamic_slice_in_dim(ops.weight, start, c, _class_axis(cfg.layout))
+    w = weight_slice(ops.weight, start, c, cfg.layout)
     b = None if ops.bias is None else lax.dynamic_slice_in_dim(ops.bias, start, c)
     return w, b
 
@@ -208,8 +200,7 @@ def grads_pass(
     in_dt = jnp.result_type(hidden, weight)
     c, t = cfg.chunk_size, cfg.token_chunk
     zero = jnp.zeros((), cdt)
-    axis = _class_axis(cfg.layout)
-    vd = cfg.layout == "vd"
+    axis = class_axis(cfg.layout)
 
     def vocab_step(carry, j):
         dh, dw, db = carry
@@ -236,21 +227,16 @@ def grads_pass(
             rows = ((t_start + jnp.arange(t)) >= t_lo) & sl(present)
             dz = jnp.where(rows[:, None] & valid[None, :], du, zero)
             dzc = dz.astype(in_dt)
-            # dh = dz @ W_block: contract the classes of dz with those of w.
-            dims = (((1,), (axis,)), ((), ()))
-            dh_blk = lax.dot_general(dzc, w, dims, preferred_element_type=cdt)
+            dh_blk = hidden_grad(dzc, w, cfg.layout, cdt)  # dz @ W_block
             dh = lax.dynamic_update_slice_in_dim(dh, sl(dh) + dh_blk, t_start, 0)
-            # dW_block = dz.T @ h ("vd") or h.T @ dz ("dv"): contract the tokens.
-            x, y = (dzc, h) if vd else (h, dzc)
-            dims_w = (((0,), (0,)), ((), ()))
-            dwj = dwj + lax.dot_general(x, y, dims_w, preferred_element_type=cdt)
+            dwj = dwj + weight_grad(dzc, h, cfg.layout, cdt)  # in w's layout
             if dbj is not None:
                 dbj = dbj + jnp.sum(dz, axis=0)
             return dh, dwj, dbj
 
         acc = (
             dh,
-            jnp.zeros((c, d) if vd else (d, c), cdt),
+            jnp.zeros((c, d) if cfg.layout == "vd" else (d, c), cdt),
             None if db is None else jnp.zeros((c,), cdt),
         )
         dh, dwj, dbj = token_blocks(n, t, block, acc)

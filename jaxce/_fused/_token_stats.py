@@ -37,9 +37,9 @@ from ._stat_blocks import (
     StatConfig,
     StatOperands,
     grads_pass,
-    num_classes,
     stats_pass,
 )
+from ._weight_layout import num_classes
 
 WeightLayout = Literal["vd", "dv"]
 """``"vd"``: weight ``(V, D)`` (``nn.Linear``, tied embeddings); ``"dv"``:

@@ -44,14 +44,7 @@ from .._core import Reducer, compute_dtype, make_reducer, safe_divide
 from ._blocks import Operands, Static, Stats
 from ._prepare import Prepared
 from ._recompute import stats, token_losses
-from ._token_grads import (
-    Coefs as Coefs,
-    TokenGrads as TokenGrads,
-    Want as Want,
-    add_weight_grad as add_weight_grad,
-    coefficients as coefficients,
-    token_chunk_grads as token_chunk_grads,
-)
+from ._token_grads import Coefs, TokenGrads, Want, coefficients, token_chunk_grads
 
 
 class Params(NamedTuple):
@@ -242,6 +235,3 @@ def token_path_loss(p: Prepared) -> Array:
     )
     y = Targets(p.labels, p.present, p.invalid)
     return cast(Callable[..., Array], scalar_loss)(p.static(), x, y)
-
-
-_add_weight_grad = add_weight_grad  # the old private name (`_distill_chunks`)

@@ -19,6 +19,11 @@ def class_axis(weight_layout: str) -> int:
     return 0 if weight_layout == "vd" else 1
 
 
+def num_classes(weight: Array, weight_layout: str) -> int:
+    """``V``: the size of ``weight``'s class axis."""
+    return weight.shape[class_axis(weight_layout)]
+
+
 def weight_slice(weight: Array, start, c: int, weight_layout: str) -> Array:
     """``c`` classes of ``weight`` from ``start`` (its layout kept)."""
     return lax.dynamic_slice_in_dim(weight, start, c, class_axis(weight_layout))
