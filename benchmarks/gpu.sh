@@ -17,7 +17,7 @@
 #   3. benchmarks/bench_fused.py (fused linear -> cross-entropy; tables; the
 #      plot only where matplotlib is installed);
 #   4. pytest on the fused test files (token stats, distillation, fused,
-#      fused options, LLM examples) whose module-level imports are all
+#      fused options, compact, LLM examples) whose module-level imports are all
 #      installed: the GPU machine has no torch / keras / sklearn / flax /
 #      hypothesis, so a file importing one of them at module level is listed
 #      as skipped. `-o addopts=""` drops the project's `-n auto` and
@@ -263,7 +263,8 @@ run_tests() {
       *) echo "$line" ;;
     esac
   done < <(select_tests tests/test_token_stats.py tests/test_distillation.py \
-    tests/test_fused.py tests/test_fused_options.py tests/test_llm_examples.py)
+    tests/test_fused.py tests/test_fused_options.py tests/test_fused_compact.py \
+    tests/test_llm_examples.py)
   if [ "${#files[@]}" = 0 ]; then
     echo "no test file to run"
     return 1

@@ -116,32 +116,58 @@ def divergence(log_s: Array, log_t: Array, d: Divergence) -> Array:
     return d.beta * kl_t + (1 - d.beta) * kl_s
 
 
-def divergence_and_grad(
+def divergence_parts(
     log_s: Array, log_t: Array, d: Divergence
-) -> tuple[Array, Array]:
-    r"""The per-row divergence and its gradient w.r.t. the tempered student logits.
+) -> tuple[Array, Array | None]:
+    """The per-row divergence and (reverse KL, JSD) ``KL(p_s || q)``, ``q`` = ``p_t``
+    or ``m``: both sums over the classes, so the parts of a vocabulary split add
+    up (``psum``) to the whole rows' values. ``KL(p_s || q)`` is None for forward
+    KL (its gradient does not need it)."""
+    if d.kind == "forward_kl":
+        return divergence(log_s, log_t, d), None
+    p_s = jnp.exp(log_s)
+    log_q = log_t if d.kind == "reverse_kl" else log_mixture(log_s, log_t, d.beta)
+    kl_s = jnp.sum(_terms(p_s, log_s, log_q), axis=-1)
+    if d.kind == "reverse_kl":
+        return kl_s, kl_s
+    kl_t = jnp.sum(_terms(jnp.exp(log_t), log_t, log_q), axis=-1)
+    return d.beta * kl_t + (1 - d.beta) * kl_s, kl_s
 
-    With ``s = z_s / tau`` (so ``d/dz_s`` is this gradient divided by ``tau``):
+
+def divergence_grad(
+    log_s: Array, log_t: Array, kl_s: Array | None, d: Divergence
+) -> Array:
+    r"""The gradient w.r.t. the tempered student logits ``s = z_s / tau``.
+
+    (So ``d/dz_s`` is this divided by ``tau``.) Given the rows' ``kl_s`` of
+    `divergence_parts` (of the whole vocabulary; elementwise otherwise):
 
     - forward KL: ``p_s - p_t``;
     - reverse KL: ``p_s (log p_s - log p_t - KL(p_s || p_t))``;
     - JSD: ``(1 - beta) p_s (log p_s - log m - KL(p_s || m))``.
 
-    Classes with ``p_s = 0`` get 0. Returns ``(loss, grad)``, shapes ``(...)`` and
-    ``(..., classes)``.
+    Classes with ``p_s = 0`` get 0; shape ``(..., classes)``.
     """
     p_s = jnp.exp(log_s)
     if d.kind == "forward_kl":
-        return divergence(log_s, log_t, d), p_s - jnp.exp(log_t)
+        return p_s - jnp.exp(log_t)
+    assert kl_s is not None
     log_q = log_t if d.kind == "reverse_kl" else log_mixture(log_s, log_t, d.beta)
-    ratio = _terms(p_s, log_s, log_q)
-    kl_s = jnp.sum(ratio, axis=-1)
     # p_s (log p_s - log q - KL): the ratio terms minus p_s KL (0 where p_s = 0).
-    grad = ratio - p_s * kl_s[..., None]
+    grad = _terms(p_s, log_s, log_q) - p_s * kl_s[..., None]
     if d.kind == "reverse_kl":  # an infinite KL has no gradient: NaN, as autodiff
-        return kl_s, jnp.where(jnp.isfinite(kl_s)[..., None], grad, jnp.nan)
-    kl_t = jnp.sum(_terms(jnp.exp(log_t), log_t, log_q), axis=-1)
-    return d.beta * kl_t + (1 - d.beta) * kl_s, (1 - d.beta) * grad
+        return jnp.where(jnp.isfinite(kl_s)[..., None], grad, jnp.nan)
+    return (1 - d.beta) * grad
+
+
+def divergence_and_grad(
+    log_s: Array, log_t: Array, d: Divergence
+) -> tuple[Array, Array]:
+    """The per-row divergence and its gradient w.r.t. the tempered student logits
+    (`divergence_parts`, then `divergence_grad`). Returns ``(loss, grad)``,
+    shapes ``(...)`` and ``(..., classes)``."""
+    loss, kl_s = divergence_parts(log_s, log_t, d)
+    return loss, divergence_grad(log_s, log_t, kl_s, d)
 
 
 def distillation_loss(

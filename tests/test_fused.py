@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import jaxce
-import jaxce._fused._blocks as fused_blocks
+import jaxce._fused._block_sizes as fused_blocks
 from jaxce._fused._blocks import Blocks, Operands, Static
 from jaxce._fused._recompute import fused_stats
 from tests.helpers import assert_tree_allclose

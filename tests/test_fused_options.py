@@ -10,7 +10,7 @@ import pytest
 from jax.sharding import Mesh
 
 import jaxce
-from jaxce._fused._blocks import BLOCK_ELEMENTS, block_sizes, budget_elements
+from jaxce._fused._block_sizes import BLOCK_ELEMENTS, block_sizes, budget_elements
 from tests.helpers import assert_tree_allclose
 
 N, D, V = 29, 8, 70
@@ -132,8 +132,11 @@ def test_weights_bad_shape_and_normalizer_with_none():
 
 
 def _mesh_axes():
+    # 2 x 4 on the 8 CPU devices of the root conftest; 1 x k where there are
+    # fewer (a one-GPU machine: benchmarks/gpu.sh runs this file there).
     devices = np.array(jax.devices())
-    return dict(mesh=Mesh(devices.reshape(2, 4), ("b", "v")), batch_axis="b")
+    rows = 2 if devices.size % 2 == 0 else 1
+    return dict(mesh=Mesh(devices.reshape(rows, -1), ("b", "v")), batch_axis="b")
 
 
 @pytest.mark.parametrize("reduction", ["none", "mean"])

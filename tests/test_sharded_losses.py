@@ -180,7 +180,7 @@ def fused_objectives(h, w, t, y):
         h, w, y, ignore_index=-100, label_smoothing=0.1
     )
     ce_none = jaxce.linear_softmax_cross_entropy(
-        h, w, y, ignore_index=-100, reduction="none"
+        h, w, y, ignore_index=-100, reduction="none", compact=True
     )
     distill = jaxce.linear_distillation_loss(h, w, t, 0.8 * w, kind="jsd")
     objective = (

@@ -23,10 +23,11 @@ from .._core import (
     explicitly_sharded,
     run_auto,
 )
+from ._mesh import check_layout
 from ._prepare import prepare
 from ._recompute import recompute_loss
 from ._tokens import token_path_loss
-from ._vocab_parallel import check_layout, vocab_parallel_loss
+from ._vocab_parallel import vocab_parallel_loss
 
 
 def linear_softmax_cross_entropy(
@@ -47,6 +48,7 @@ def linear_softmax_cross_entropy(
     chunk_size: IndexLike | Literal["auto"] | None = None,
     memory_budget_bytes: int | None = None,
     weight_layout: Literal["vd", "dv"] = "vd",
+    compact: bool = False,
     mesh: jax.sharding.Mesh | None = None,
     batch_axis: str | tuple[str, ...] | None = None,
     vocab_axis: str | tuple[str, ...] | None = None,
@@ -166,6 +168,20 @@ def linear_softmax_cross_entropy(
             dimension numbers, blocks sliced along its class axis), so ``"dv"``
             makes no transposed copy of it; its gradient comes back ``(D, V)``
             and, on a mesh, ``weight`` is split over its axis 1.
+        compact: skip the work of absent tokens (``ignore_index``, ``where``
+            False: a prompt, padding). True packs the present tokens to the
+            front (a stable sort: the ``(N, D)`` ``hidden`` is gathered once,
+            its gradient scattered back) and walks only the token blocks that
+            hold one, a loop with a traced trip count: the shapes stay static
+            (``(N, ...)``, no recompilation as the count changes), the matmul
+            work falls with the number of present tokens, and the result is the
+            same (to float rounding: the sums run in another order). The
+            skipping granularity is one token block: the gradient pass's
+            ``(T, V)`` chunk, and vocabulary blocks of at most ``ceil(N / 8)``
+            (at least 256) tokens; with one block nothing is skipped. False
+            (default): every token is computed and the absent ones masked.
+            One device only (not with ``mesh``). Under ``vmap`` the loop runs
+            to the largest count in the batch.
         mesh, batch_axis, vocab_axis: run vocabulary- / data-parallel under
             ``shard_map`` (Megatron-style); ``mesh=None`` runs on one device.
             ``hidden`` / ``labels`` / ``where`` are split over ``batch_axis``
@@ -258,7 +274,7 @@ def linear_softmax_cross_entropy(
                 label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
                 where=m, weights=sw, normalizer=z, reduction=reduction,
                 chunk_size=chunk_size, memory_budget_bytes=memory_budget_bytes,
-                weight_layout=weight_layout,
+                weight_layout=weight_layout, compact=compact,
             )  # fmt: skip
 
         out = batch_spec(hidden) if reduction == "none" else P()
@@ -269,15 +285,19 @@ def linear_softmax_cross_entropy(
         layout = None
     else:
         layout = check_layout(mesh, batch_axis, vocab_axis)
+        if compact:
+            raise ValueError(
+                "`compact=True` runs on one device: it cannot be combined with `mesh`."
+            )
     p = prepare(
         hidden, weight, labels, bias=bias, class_weights=class_weights,
         ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss,
         softcap=softcap, where=where, reduction=reduction, chunk_size=chunk_size,
         weights=weights, normalizer=normalizer, weight_layout=weight_layout,
-        memory_budget_bytes=memory_budget_bytes,
+        memory_budget_bytes=memory_budget_bytes, compact=compact,
     )  # fmt: skip
     if layout is not None:
         return vocab_parallel_loss(p, layout)
     if p.reduction != "none":
         return token_path_loss(p)
-    return recompute_loss(p)
+    return p.unpack(recompute_loss(p))

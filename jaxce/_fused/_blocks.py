@@ -2,7 +2,7 @@
 
 The logits ``z = softcap(hidden @ weight.T + bias)`` are only ever formed one
 block at a time, in float32 (float64 for float64 input). Every block size comes
-from one element budget, `BLOCK_ELEMENTS` (see `block_sizes`).
+from one element budget (`._block_sizes`).
 
 The two kernels here (`chunk_stats`, `chunk_grads`) walk *vocabulary* blocks of
 ``token_chunk x chunk_size`` logits and work on a vocabulary *slice*: the whole
@@ -17,7 +17,6 @@ A shard whose vocabulary was padded to split evenly over the devices passes
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from typing import Any, NamedTuple, TypeVar, cast
 
@@ -26,6 +25,7 @@ from jax import lax
 from jaxtyping import Array
 
 from .._core import compute_dtype
+from ._block_sizes import Blocks as Blocks
 from ._weight_layout import (
     WEIGHT_LAYOUTS as WEIGHT_LAYOUTS,
     class_axis as class_axis,
@@ -35,83 +35,6 @@ from ._weight_layout import (
 )
 
 C = TypeVar("C")
-
-BLOCK_ELEMENTS = 1 << 24
-"""The one logits-block budget: 16 Mi elements (64 MiB in float32)."""
-DEFAULT_CHUNK = 2048
-"""Classes per vocabulary block when ``chunk_size`` is None."""
-MIN_TOKEN_BLOCK = 256
-"""Fewest tokens per vocabulary block (keeps the matmul from degenerating)."""
-MIN_AUTO_CHUNK = 128
-"""Fewest classes per vocabulary block with ``chunk_size="auto"``."""
-LOGITS_ARRAYS = 4
-"""Logits-block-sized arrays live at once (``z``, ``exp``, ``dz``, its cast)."""
-
-
-def budget_elements(memory_budget_bytes: int | None, dtype) -> int | None:
-    """The element budget of a byte budget: ``bytes // (4 * itemsize)``.
-
-    ``itemsize`` is that of the compute dtype (4 for float32, also for bf16 /
-    fp16 input); so 256 MiB (the default) gives `BLOCK_ELEMENTS`. None: None.
-    """
-    if memory_budget_bytes is None:
-        return None
-    per = LOGITS_ARRAYS * jnp.dtype(dtype).itemsize
-    return max(1, memory_budget_bytes // per)
-
-
-@dataclasses.dataclass(frozen=True)
-class Blocks:
-    """Block sizes of one call (see `block_sizes`)."""
-
-    chunk_size: int  # classes per vocabulary block
-    token_chunk: int  # tokens per vocabulary block (statistics, recompute)
-    token_path_chunk: int  # tokens per full-vocabulary chunk of the token path
-
-
-def token_chunk_for(n: int, v: int, budget: int | None = None) -> int:
-    """Tokens per full-vocabulary chunk of the token path.
-
-    At most ``budget // v`` tokens (default `BLOCK_ELEMENTS`), at least 1; the
-    chunks are then evened out (``ceil(n / chunks)``) and rounded up to a
-    multiple of 8 where that fits.
-    """
-    budget = BLOCK_ELEMENTS if budget is None else budget
-    t_max = max(1, min(n, budget // max(v, 1)))
-    chunks = -(-n // t_max)
-    t = -(-n // chunks)
-    t8 = -(-t // 8) * 8
-    return t8 if t8 <= min(t_max, n) else t
-
-
-def block_sizes(
-    n: int, v: int, chunk_size: int | str | None = None, budget: int | None = None
-) -> Blocks:
-    """Every block size for ``n`` tokens and a vocabulary (slice) of ``v`` classes.
-
-    All derive from one element budget ``B`` (default `BLOCK_ELEMENTS`, read at
-    call time), so no logits block is larger than ``B`` elements:
-
-    - vocabulary blocks (the statistics pass, the recompute backward and, under
-      a mesh, each device's slice): ``chunk_size`` classes (default 2048,
-      clipped to ``v``) by ``B // chunk_size`` tokens (at least 256, clipped to
-      ``n``), i.e. ``chunk_size x (B // chunk_size)`` logits. These passes
-      stream the vocabulary, so a block only needs to be large enough for an
-      efficient matmul;
-    - the token path (scalar reductions, differentiated) needs each token's
-      *full-vocabulary* logits row (for the analytic ``dz``), so its block is
-      ``(T, v)`` with ``T = token_chunk_for(n, v, B)``: the budget itself. A
-      large ``T`` matters there, since every chunk adds into the whole ``dW``;
-    - ``chunk_size="auto"``: square-ish vocabulary blocks, ``sqrt(B)`` classes
-      rounded down to a multiple of 128 (at least 128, at most ``v``).
-    """
-    budget = BLOCK_ELEMENTS if budget is None else budget
-    if chunk_size == "auto":
-        root = math.isqrt(budget) // MIN_AUTO_CHUNK * MIN_AUTO_CHUNK
-        chunk_size = max(MIN_AUTO_CHUNK, root)
-    c = max(1, min(DEFAULT_CHUNK if chunk_size is None else int(chunk_size), v))
-    t = max(1, min(n, max(MIN_TOKEN_BLOCK, budget // c)))
-    return Blocks(c, t, token_chunk_for(n, v, budget))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +58,10 @@ class Operands(NamedTuple):
 
     ``labels`` are local to the vocabulary slice (global label minus the slice's
     first class); labels outside ``[0, V)`` add nothing. ``class_weights``
-    (``(V,)`` or None) only enter ``sum_wz`` (label smoothing).
+    (``(V,)`` or None) only enter ``sum_wz`` (label smoothing). ``num_present``
+    (a traced int scalar, or None: all) is the number of tokens at the front that
+    may be present (``compact=True`` packs them there): token blocks starting
+    at or after it are skipped (see `token_blocks`).
     """
 
     hidden: Array  # (N, D)
@@ -143,6 +69,7 @@ class Operands(NamedTuple):
     bias: Array | None  # (V,)
     labels: Array  # (N,) int
     class_weights: Array | None  # (V,)
+    num_present: Array | None = None  # () int: the rows after it are absent
 
 
 class Stats(NamedTuple):
@@ -207,16 +134,26 @@ def chunk_start(j, size: int, total: int):
     return jnp.minimum(lo, total - size), lo
 
 
-def token_blocks(n: int, t: int, fn: Callable[[C, Any, Any], C], carry: C) -> C:
-    """Run ``fn(carry, start, lo)`` over token blocks (directly when one block)."""
+def token_blocks(
+    n: int, t: int, fn: Callable[[C, Any, Any], C], carry: C, count=None
+) -> C:
+    """Run ``fn(carry, start, lo)`` over token blocks (directly when one block).
+
+    With a ``count`` (a traced int scalar) only the ``ceil(count / t)`` blocks
+    that hold one of the first ``count`` tokens run (a ``fori_loop`` with a
+    traced bound: never differentiated, every caller is inside a
+    ``custom_vjp``); the rows of the others keep their value in ``carry``.
+    """
     if t >= n:
         return fn(carry, 0, 0)
 
-    def body(c: C, i) -> tuple[C, None]:
+    def step(i, c: C) -> C:
         start, lo = chunk_start(i, t, n)
-        return fn(c, start, lo), None
+        return fn(c, start, lo)
 
-    return lax.scan(body, carry, jnp.arange(-(-n // t)))[0]
+    if count is not None:
+        return lax.fori_loop(0, (count + t - 1) // t, step, carry)
+    return lax.scan(lambda c, i: (step(i, c), None), carry, jnp.arange(-(-n // t)))[0]
 
 
 def _real_columns(valid: Array, cols: Array, limit) -> Array:
@@ -237,7 +174,7 @@ def chunk_stats(ops: Operands, st: Static, limit=None) -> Online:
     ``M = pmax(m)``, ``S = psum(s * exp(m - M))`` and ``psum`` of ``z_y`` and
     ``sum_wz``.
     """
-    hidden, weight, bias, labels, _ = ops
+    hidden, weight, bias, labels = ops[:4]
     class_weights = ops.class_weights if st.need_sum else None
     lay = st.weight_layout
     n, v = hidden.shape[0], weight.shape[st.class_axis]
@@ -280,8 +217,12 @@ def chunk_stats(ops: Operands, st: Static, limit=None) -> Online:
             for o, x in zip(outs, stats)
         )
 
-    init = tuple(jnp.zeros((n,), cdt) for _ in range(4))
-    return Online(*cast(tuple[Array, ...], token_blocks(n, t, block, init)))
+    # Rows of skipped blocks (absent, see `token_blocks`) keep m = 0, s = 1:
+    # lse = 0, finite.
+    zeros, ones = jnp.zeros((n,), cdt), jnp.ones((n,), cdt)
+    init = (zeros, ones, zeros, zeros)
+    out = token_blocks(n, t, block, init, ops.num_present)
+    return Online(*cast(tuple[Array, ...], out))
 
 
 def chunk_grads(
@@ -314,7 +255,7 @@ def chunk_grads(
     in the compute dtype (None without bias), ``d_class_weights (V,)`` (None
     unless ``st.need_sum`` and class weights are given).
     """
-    hidden, weight, bias, labels, _ = ops
+    hidden, weight, bias, labels = ops[:4]
     class_weights = ops.class_weights if st.need_sum else None
     n, d = hidden.shape
     lay, ax = st.weight_layout, st.class_axis
@@ -370,7 +311,7 @@ def chunk_grads(
             None if db is None else jnp.zeros((c,), cdt),
             None if dcw is None else jnp.zeros((c,), cdt),
         )
-        dh, dwj, dbj, dcwj = token_blocks(n, t, block, acc)
+        dh, dwj, dbj, dcwj = token_blocks(n, t, block, acc, ops.num_present)
 
         def put(full, part, axis=0):
             old = lax.dynamic_slice_in_dim(full, start, c, axis)

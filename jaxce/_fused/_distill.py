@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import cast
 
+import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
@@ -29,8 +30,10 @@ from .._core import (
     run_auto,
 )
 from .._distillation import Kind, check_divergence
-from ._blocks import block_sizes
+from . import _block_sizes
+from ._block_sizes import block_sizes
 from ._distill_chunks import DistillStatic, Model, scalar_distill, token_distill
+from ._mesh import AxisName, Layout, check_layout, pad_rows
 
 
 def _model(hidden, weight, bias, who: str) -> Model:
@@ -90,6 +93,37 @@ def _present(n: int, labels, ignore_index, where) -> Array:
     return present
 
 
+def _on_mesh(lay: Layout, d, chunk, student: Model, teacher: Model, present):
+    """The models and mask padded to the mesh and placed on it; the static
+    configuration of one device's block.
+
+    Padding tokens are absent; padding classes (zero rows of both weights and
+    biases) are masked to ``-inf`` logits in the kernel (`Layout.num_classes`).
+    The padding is inside the differentiated function: its transpose slices the
+    gradients back.
+    """
+    nb, nv = lay.size(lay.batch_axis), lay.size(lay.vocab_axis)
+    (n, _), v = student.hidden.shape, student.weight.shape[0]
+    lay, n_pad, v_pad = lay.padded(n, v)
+    rows, vocab = P(lay.batch_axis, None), P(lay.vocab_axis)
+
+    def put(m: Model) -> Model:
+        h = lay.place(pad_rows(m.hidden, n_pad), rows)
+        w = lay.place(pad_rows(m.weight, v_pad), P(lay.vocab_axis, None))
+        b = None if m.bias is None else lay.place(pad_rows(m.bias, v_pad), vocab)
+        return Model(h, w, b)
+
+    present = lay.place(pad_rows(present, n_pad), P(lay.batch_axis))
+    blocks = block_sizes(n_pad // nb, v_pad // nv, chunk, _budget())
+    st = DistillStatic(d, blocks.token_path_chunk, blocks.chunk_size, lay)
+    return put(student), put(teacher), present, st
+
+
+def _budget() -> int:
+    """Two ``(T, V)`` blocks (student and teacher) share the one element budget."""
+    return _block_sizes.BLOCK_ELEMENTS // 2
+
+
 def linear_distillation_loss(
     student_hidden: Float[ArrayLike, "_tokens _student_features"],
     student_weight: Float[ArrayLike, "_vocab _student_features"],
@@ -109,6 +143,9 @@ def linear_distillation_loss(
     normalizer: ScalarLike | None = None,
     base: Number | None = None,
     chunk_size: IndexLike | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    batch_axis: AxisName = None,
+    vocab_axis: AxisName = None,
 ) -> Float[Array, "..."]:
     r"""Student and teacher linear heads + distillation loss, without the logits.
 
@@ -135,11 +172,11 @@ def linear_distillation_loss(
 
     Both models' logits are formed together ``T`` tokens at a time over the
     whole vocabulary, in float32 (float64 for float64 input), ``T`` from the
-    fused loss's one element budget (a ``(T, V)`` block is ~16 Mi elements;
-    all tokens when ``N * V`` is smaller), never ``(N, V)`` at once. Per chunk
-    the analytic gradient w.r.t. the student logits (forward KL:
-    $(p_s - p_t) / \tau$; reverse KL: $p_s (\log p_s - \log p_t -
-    \mathrm{KL}) / \tau$; JSD: $(1 - \beta)\, p_s (\log p_s - \log m -
+    fused loss's one element budget, shared by the two models (each ``(T, V)``
+    block is ~8 Mi elements; all tokens when ``N * V`` is smaller), never
+    ``(N, V)`` at once. Per chunk the analytic gradient w.r.t. the student
+    logits (forward KL: $(p_s - p_t) / \tau$; reverse KL: $p_s (\log p_s -
+    \log p_t - \mathrm{KL}) / \tau$; JSD: $(1 - \beta)\, p_s (\log p_s - \log m -
     \mathrm{KL}(p_s \,\|\, m)) / \tau$) times the reduction's coefficient gives
     ``dH = dz @ W`` and ``dW += dz.T @ H`` (in ``chunk_size``-class slices).
     With a scalar ``reduction`` this happens in the forward pass (as Liger
@@ -174,6 +211,22 @@ def linear_distillation_loss(
         base: log base of the result (``None``: nats, ``2``: bits).
         chunk_size: classes per slice of the ``dW`` update (an integer >= 1;
             None: 2048, clipped to ``V``). The token chunks are automatic.
+        mesh, batch_axis, vocab_axis: vocabulary- / data-parallel under
+            ``shard_map``, as in `jaxce.linear_softmax_cross_entropy`: both
+            models' hidden states (and the per-token arrays) split over
+            ``batch_axis``, both weights and biases over ``vocab_axis``
+            (either may be None: replicated; they must not share mesh axes).
+            Each device forms its vocabulary block of both logits per token
+            chunk; the two log-softmax normalisers (``pmax`` / ``psum``) and
+            the divergence's row sums (``psum``) are all-reduced per chunk, so
+            the per-token losses and the student gradient are the single-device
+            ones; ``d_hidden`` is all-reduced over the vocabulary axis and the
+            weight / bias gradients over the batch axis, coming back split like
+            their inputs. Neither weight nor the logits are gathered. Sizes the
+            axes do not divide are padded inside (padding classes are out of
+            both softmaxes, padding tokens absent), as there. ``Auto`` and
+            ``Explicit`` meshes. ``mesh=None``: one device (explicitly sharded
+            input then runs with the mesh's axes as ``Auto``).
 
     Returns:
         ``(N,)`` losses for ``"none"`` (absent tokens 0), else a scalar; dtype of
@@ -194,6 +247,15 @@ def linear_distillation_loss(
         >>> print(dhs[0])
         [ 0.51193 -0.16405]
 
+        Vocabulary-parallel over every device (the 4 classes padded to the
+        device count where it does not divide them):
+
+        >>> import numpy as np
+        >>> mesh = jax.sharding.Mesh(np.array(jax.devices()), ("vocab",))
+        >>> print(jaxce.linear_distillation_loss(
+        ...     hs, ws, ht, wt, kind="jsd", mesh=mesh, vocab_axis="vocab"))
+        0.14339
+
     References:
         Hsu et al., *Liger Kernel*, 2024, https://arxiv.org/abs/2410.10989
         (``LigerFusedLinearJSD``); Agarwal et al., *On-Policy Distillation of
@@ -203,7 +265,7 @@ def linear_distillation_loss(
         student_hidden, student_weight, teacher_hidden, teacher_weight,
         student_bias, teacher_bias, labels, where, weights, normalizer,
     )  # fmt: skip
-    if explicitly_sharded(*arrays):  # blockwise kernels: run with Auto axes
+    if mesh is None and explicitly_sharded(*arrays):  # kernels with Auto axes
         out = batch_spec(student_hidden) if reduction == "none" else P()
 
         def auto(sh, sw, th, tw, sb, tb, y, m, w, z):
@@ -215,6 +277,9 @@ def linear_distillation_loss(
             )  # fmt: skip
 
         return run_auto(auto, arrays, out)
+    if mesh is None and (batch_axis is not None or vocab_axis is not None):
+        raise ValueError("`batch_axis` / `vocab_axis` need a `mesh`.")
+    lay = None if mesh is None else check_layout(mesh, batch_axis, vocab_axis)
     d = check_divergence(kind, beta, temperature)
     student = _model(student_hidden, student_weight, student_bias, "student")
     teacher = _model(teacher_hidden, teacher_weight, teacher_bias, "teacher")
@@ -243,11 +308,19 @@ def linear_distillation_loss(
         base=base,
         normalizer=normalizer,
     )
-    blocks = block_sizes(n, v, chunk)
-    st = DistillStatic(d, blocks.token_path_chunk, blocks.chunk_size)
+    if lay is None:
+        blocks = block_sizes(n, v, chunk, _budget())
+        st = DistillStatic(d, blocks.token_path_chunk, blocks.chunk_size)
+    else:
+        student, teacher, present, st = _on_mesh(
+            lay, d, chunk, student, teacher, present
+        )
+    n_pad = present.shape[0]
     if reducer.reduction == "none":
         loss = cast(Callable[..., Array], token_distill)(st, student, teacher, present)
+        if st.lay is not None:
+            loss = st.lay.unpad(loss, n)
         return reducer.reduce(loss)
-    coef = reducer.coefficients()
+    coef = pad_rows(reducer.coefficients(), n_pad)
     fn = cast(Callable[..., Array], scalar_distill)
     return fn(st, student, teacher, coef, present).astype(reducer.out_dtype)

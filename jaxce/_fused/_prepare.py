@@ -27,13 +27,8 @@ from .._core import (
     make_reducer,
     out_of_range,
 )
-from ._blocks import (
-    Operands,
-    Static,
-    block_sizes,
-    budget_elements,
-    class_axis,
-)
+from ._block_sizes import block_sizes, budget_elements
+from ._blocks import Operands, Static, class_axis
 from ._head import check_head
 
 
@@ -59,6 +54,12 @@ class Prepared:
             compute dtype, returning the dtype of ``hidden``.
         weight_layout: ``"vd"`` or ``"dv"``.
         budget: the logits-block element budget (None: `BLOCK_ELEMENTS`).
+        order: with ``compact=True``, the permutation that packed the tokens
+            (present first, in their order): the per-token fields above are
+            ``x[order]``; None otherwise.
+        num_present: with ``compact=True``, the number of present tokens
+            (traced);
+            None otherwise.
     """
 
     hidden: Array
@@ -74,6 +75,8 @@ class Prepared:
     reducer: Reducer
     weight_layout: str = "vd"
     budget: int | None = None
+    order: Array | None = None
+    num_present: Array | None = None
 
     @property
     def present(self) -> Array:
@@ -109,8 +112,19 @@ class Prepared:
 
     def operands(self) -> Operands:
         return Operands(
-            self.hidden, self.weight, self.bias, self.labels, self.class_weights
+            self.hidden,
+            self.weight,
+            self.bias,
+            self.labels,
+            self.class_weights,
+            self.num_present,
         )
+
+    def unpack(self, x: Array) -> Array:
+        """Per-token ``x`` (packed order) back in the caller's token order."""
+        if self.order is None:
+            return x
+        return jnp.zeros_like(x).at[self.order].set(x, unique_indices=True)
 
     def static(self, n: int | None = None, v: int | None = None) -> Static:
         """The static configuration for ``n`` tokens and ``v`` classes per device.
@@ -121,7 +135,9 @@ class Prepared:
         v = self.num_classes if v is None else v
         return Static(
             softcap=self.softcap,
-            blocks=block_sizes(n, v, self.chunk_size, self.budget),
+            blocks=block_sizes(
+                n, v, self.chunk_size, self.budget, self.num_present is not None
+            ),
             need_sum=self.need_sum,
             reduction=self.reduction,
             weight_layout=self.weight_layout,
@@ -156,8 +172,12 @@ def prepare(
     normalizer: ArrayLike | None = None,
     weight_layout: object = "vd",
     memory_budget_bytes: object = None,
+    compact: object = False,
 ) -> Prepared:
-    """Check the public arguments (trace time) and normalise them."""
+    """Check the public arguments (trace time) and normalise them.
+
+    ``compact=True`` packs the present tokens to the front (`Prepared.order`).
+    """
     head = check_head(hidden, weight, labels, bias, where, weight_layout)
     hidden, weight, labels, bias = head.hidden, head.weight, head.labels, head.bias
     weight_layout, n, v = head.weight_layout, head.num_tokens, head.num_classes
@@ -181,6 +201,15 @@ def prepare(
                 f"`weights` must be per-token sample weights of shape ({n},), got "
                 f"{weights.shape}."
             )
+    if not isinstance(compact, bool):
+        raise TypeError(f"`compact` must be True or False, got {compact!r}.")
+    order = count = None
+    if compact:  # present tokens first, in order (a stable sort of a 0/1 key)
+        order = jnp.argsort((~present).astype(jnp.int8), stable=True)
+        hidden, labels, present = hidden[order], labels[order], present[order]
+        if weights is not None and weights.ndim:
+            weights = weights[order]
+        count = jnp.sum(present, dtype=jnp.int32)
     reducer = make_reducer(
         present,
         dtype,
@@ -208,4 +237,6 @@ def prepare(
         reducer=reducer,
         weight_layout=weight_layout,
         budget=budget_elements(budget, dtype),
+        order=order,
+        num_present=count,
     )

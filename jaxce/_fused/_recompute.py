@@ -51,7 +51,7 @@ def _stats_bwd(st: Static, res, cts):
         dcw = g.d_class_weights
         dcw = jnp.zeros_like(cw) if dcw is None else dcw.astype(cw.dtype)
     d_hidden = g.d_hidden.astype(ops.hidden.dtype)
-    return (Operands._make((d_hidden, g.d_weight, db, None, dcw)),)  # no d labels
+    return (Operands._make((d_hidden, g.d_weight, db, None, dcw, None)),)  # no d labels
 
 
 fused_stats.defvjp(_stats_fwd, _stats_bwd)

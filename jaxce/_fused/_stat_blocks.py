@@ -71,6 +71,23 @@ class Raw(NamedTuple):
     argmax: Array
 
 
+class Acc(NamedTuple):
+    """Online accumulators of one vocabulary slice (`stats_pass`), per token.
+
+    ``m`` the max of ``z`` (``-inf`` when no class is left), ``s = sum_c
+    exp(d_c)``, ``t = sum_c exp(d_c) d_c`` with ``d_c = (z_c - m) / tau``, the
+    target logit ``z_y`` (0 when the label is not in the slice) and ``arg``
+    the first index of ``m`` in the slice (int32). `finish` turns them into
+    `Raw` statistics; slices combine (`._stats_parallel`) as the blocks do.
+    """
+
+    m: Array
+    s: Array
+    t: Array
+    z_y: Array
+    arg: Array
+
+
 class Shift(NamedTuple):
     """``lse = m / tau + log_s`` kept apart (``m`` the finite max of ``z``, 0 if
     none): ``log p = (z - m) / tau - log_s`` does not round ``lse`` to the
@@ -102,8 +119,16 @@ def _slices(ops: StatOperands, cfg: StatConfig, start):
     return w, b
 
 
-def stats_pass(ops: StatOperands, cfg: StatConfig) -> tuple[Raw, Shift]:
-    """`Raw` statistics of every token and their `Shift`, block by block.
+def _valid(cols: Array, lo, limit) -> Array:
+    """Columns a block owns (``>= lo``) that are real classes (``< limit``)."""
+    return (cols >= lo) if limit is None else (cols >= lo) & (cols < limit)
+
+
+def stats_pass(ops: StatOperands, cfg: StatConfig, limit=None) -> Acc:
+    """The `Acc` accumulators of every token over the slice, block by block.
+
+    ``limit`` (None: all) is the number of real classes of the slice: the
+    columns after it (padding) are out of every statistic.
 
     The running max ``m`` is that of ``z`` (before the temperature), so the
     exponents are ``(z - m) / tau``: the same expression as in `grads_pass`,
@@ -129,7 +154,7 @@ def stats_pass(ops: StatOperands, cfg: StatConfig) -> tuple[Raw, Shift]:
             start, lo = chunk_start(j, c, v)
             w, b = _slices(ops, cfg, start)
             z = logits(h, w, b, cfg, cdt)
-            valid = ((start + jnp.arange(c)) >= lo)[None, :]
+            valid = _valid(start + jnp.arange(c), lo, limit)[None, :]
             zm = jnp.where(valid, z, neg_inf)
             b_max, b_arg = jnp.max(zm, axis=-1), jnp.argmax(zm, axis=-1)
             arg = jnp.where(b_max > m, (start + b_arg).astype(jnp.int32), arg)
@@ -150,19 +175,27 @@ def stats_pass(ops: StatOperands, cfg: StatConfig) -> tuple[Raw, Shift]:
 
         f = lambda: jnp.zeros((t,), cdt)  # noqa: E731
         init = (jnp.full((t,), neg_inf), f(), f(), f(), jnp.zeros((t,), jnp.int32))
-        (m, s, tt, zy, arg), _ = lax.scan(vocab_step, init, jnp.arange(-(-v // c)))
-        m = jnp.where(jnp.isfinite(m), m, zero)
-        log_s = jnp.log(s)
-        logprob = shifted(zy - m, cfg) - log_s
-        new = (logprob, log_s - tt / s, shifted(m, cfg) + log_s, arg, m, log_s)
+        new, _ = lax.scan(vocab_step, init, jnp.arange(-(-v // c)))
         return tuple(
             lax.dynamic_update_slice_in_dim(o, x, t_start, 0) for o, x in zip(outs, new)
         )
 
     z = jnp.zeros((n,), cdt)
-    init = (z, z, z, jnp.zeros((n,), jnp.int32), z, z)
-    out = cast(tuple[Array, ...], token_blocks(n, t, block, init))
-    return Raw(*out[:4]), Shift(*out[4:])
+    init = (z, z, z, z, jnp.zeros((n,), jnp.int32))
+    return Acc(*cast(tuple[Array, ...], token_blocks(n, t, block, init)))
+
+
+def finish(acc: Acc, cfg: StatConfig) -> tuple[Raw, Shift]:
+    """`Raw` statistics and their `Shift` from the accumulators of all classes:
+
+    lse = m / tau + log s,   logprob = (z_y - m) / tau - log s,
+    H = log s - t / s.
+    """
+    m = jnp.where(jnp.isfinite(acc.m), acc.m, 0)
+    log_s = jnp.log(acc.s)
+    logprob = shifted(acc.z_y - m, cfg) - log_s
+    entropy = log_s - acc.t / acc.s
+    return Raw(logprob, entropy, shifted(m, cfg) + log_s, acc.arg), Shift(m, log_s)
 
 
 class Cotangents(NamedTuple):
@@ -177,7 +210,12 @@ class Cotangents(NamedTuple):
 
 
 def grads_pass(
-    ops: StatOperands, shift: Shift, entropy: Array, cts: Cotangents, cfg: StatConfig
+    ops: StatOperands,
+    shift: Shift,
+    entropy: Array,
+    cts: Cotangents,
+    cfg: StatConfig,
+    limit=None,
 ) -> tuple[Array, Array, Array | None]:
     """``(d_hidden, d_weight, d_bias)`` given the per-token cotangents ``cts``.
 
@@ -188,8 +226,9 @@ def grads_pass(
         du[n, c] = a_n ([c = y_n] - p_c) - b_n p_c (log p_c + H_n) + l_n p_c
 
     then ``dz = du / tau`` (times ``1 - (z / cap)**2`` with a soft cap); rows of
-    absent tokens are 0. ``dz`` is cast to the input dtype before its two
-    matmuls (as the unfused bf16 backward does). ``d_hidden`` and ``d_bias``
+    absent tokens and columns at or after ``limit`` (padding) are 0. ``dz``
+    is cast to the input dtype before its two matmuls (as the unfused bf16
+    backward does). ``d_hidden`` and ``d_bias``
     come back in the compute dtype, ``d_weight`` in the weight's dtype and
     layout.
     """
@@ -207,7 +246,7 @@ def grads_pass(
         start, lo = chunk_start(j, c, v)
         w, b = _slices(ops, cfg, start)
         cols = start + jnp.arange(c)
-        valid = cols >= lo
+        valid = _valid(cols, lo, limit)
 
         def block(acc, t_start, t_lo):
             dh, dwj, dbj = acc

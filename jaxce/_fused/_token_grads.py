@@ -105,7 +105,7 @@ def token_chunk_grads(ops: Operands, cf: Coefs, st: Static, want: Want) -> Token
     Returns `TokenGrads` in the compute dtype; ``stats.sum_wz`` zeros unless
     ``want.sum_wz``; unwanted gradients None.
     """
-    hidden, weight, bias, labels, class_weights = ops
+    hidden, weight, bias, labels, class_weights, _ = ops
     n, d = hidden.shape
     lay = st.weight_layout
     v = weight.shape[st.class_axis]
@@ -163,7 +163,7 @@ def token_chunk_grads(ops: Operands, cf: Coefs, st: Static, want: Want) -> Token
         jnp.zeros((v,), cdt) if want.d_bias and bias is not None else None,
         jnp.zeros((v,), cdt) if want.zc else None,
     )
-    acc, dh, dw, db, zc = token_blocks(n, t, chunk, init)
+    acc, dh, dw, db, zc = token_blocks(n, t, chunk, init, ops.num_present)
     sw = acc[2] if want.sum_wz else jnp.zeros((n,), cdt)
     return TokenGrads(Stats(acc[0], acc[1], sw), dh, dw, db, zc)
 

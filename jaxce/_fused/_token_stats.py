@@ -10,6 +10,7 @@ streams the vocabulary, a ``jax.custom_vjp`` saves three numbers per token
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from functools import partial
@@ -29,17 +30,12 @@ from .._core import (
     out_of_range,
     run_auto,
 )
-from ._blocks import block_sizes
+from ._block_sizes import block_sizes
 from ._head import check_head, check_weight_layout
-from ._stat_blocks import (
-    Cotangents,
-    Raw,
-    StatConfig,
-    StatOperands,
-    grads_pass,
-    stats_pass,
-)
-from ._weight_layout import num_classes
+from ._mesh import AxisName, Layout, check_layout, pad_rows
+from ._stat_blocks import Cotangents, Raw, StatConfig, StatOperands
+from ._stats_parallel import run_grads, run_stats, specs
+from ._weight_layout import class_axis, num_classes
 
 WeightLayout = Literal["vd", "dv"]
 """``"vd"``: weight ``(V, D)`` (``nn.Linear``, tied embeddings); ``"dv"``:
@@ -100,28 +96,29 @@ def _masked(raw: Raw, present: Array, dtype) -> Raw:
     return Raw(lp, ent, lse, jnp.where(present, raw.argmax, 0))
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(0,))
-def fused_token_stats(cfg: StatConfig, ops: StatOperands) -> Raw:
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def fused_token_stats(lay: Layout | None, cfg: StatConfig, ops: StatOperands) -> Raw:
     """`Raw` ``(logprob, entropy, lse, argmax)``, absent tokens 0; the input dtype.
 
-    Differentiable in ``hidden``, ``weight`` and ``bias`` (recompute-in-backward).
+    Differentiable in ``hidden``, ``weight`` and ``bias`` (recompute-in-backward);
+    on one device (``lay`` None) or vocabulary-parallel on ``lay``'s mesh.
     """
-    return _masked(stats_pass(ops, cfg)[0], ops.present, ops.hidden.dtype)
+    return _masked(run_stats(lay, cfg, ops)[0], ops.present, ops.hidden.dtype)
 
 
-def _fwd(cfg: StatConfig, ops: StatOperands):
-    raw, shift = stats_pass(ops, cfg)
+def _fwd(lay: Layout | None, cfg: StatConfig, ops: StatOperands):
+    raw, shift = run_stats(lay, cfg, ops)
     out = _masked(raw, ops.present, ops.hidden.dtype)
     return out, (ops, shift, raw.entropy)
 
 
-def _bwd(cfg: StatConfig, res, cts):
+def _bwd(lay: Layout | None, cfg: StatConfig, res, cts):
     ops, shift, entropy = res
     zero = jnp.zeros((), entropy.dtype)
     g = Cotangents(
         *(jnp.where(ops.present, ct.astype(entropy.dtype), zero) for ct in cts[:3])
     )
-    dh, dw, db = grads_pass(ops, shift, entropy, g, cfg)
+    dh, dw, db = run_grads(lay, cfg, ops, shift, entropy, g)
     bias = ops.bias
     db = None if bias is None or db is None else db.astype(bias.dtype)
     grads = (dh.astype(ops.hidden.dtype), dw, db, None, None)
@@ -129,6 +126,31 @@ def _bwd(cfg: StatConfig, res, cts):
 
 
 fused_token_stats.defvjp(_fwd, _bwd)
+
+
+def _sharded(lay: Layout, ops: StatOperands, chunk, cap, tau) -> Raw:
+    """`fused_token_stats` on ``lay``'s mesh, sizes the mesh does not divide padded.
+
+    Padding tokens are absent; padding classes (zero rows / columns of
+    ``weight``, zero bias) are masked out of every statistic (`Layout.num_classes`).
+    The padding is inside the differentiated function: the transpose of the pad
+    slices it off the gradients.
+    """
+    nb, nv = lay.size(lay.batch_axis), lay.size(lay.vocab_axis)
+    n = ops.hidden.shape[0]
+    lay, n_pad, v_pad = lay.padded(n, num_classes(ops.weight, lay.weight_layout))
+    ops = StatOperands(
+        pad_rows(ops.hidden, n_pad),
+        pad_rows(ops.weight, v_pad, class_axis(lay.weight_layout)),
+        None if ops.bias is None else pad_rows(ops.bias, v_pad),
+        pad_rows(ops.labels, n_pad),
+        pad_rows(ops.present, n_pad),
+    )
+    ops = StatOperands._make(map(lay.place, ops, specs(lay, ops)))
+    blocks = block_sizes(n_pad // nb, v_pad // nv, chunk)
+    cfg = StatConfig(cap, tau, lay.weight_layout, blocks.chunk_size, blocks.token_chunk)
+    raw = cast(Raw, fused_token_stats(lay, cfg, ops))
+    return Raw(*(lay.unpad(x, n) for x in raw))
 
 
 def linear_token_stats(
@@ -142,6 +164,9 @@ def linear_token_stats(
     where: Bool[ArrayLike, " _tokens"] | None = None,
     chunk_size: IndexLike | None = None,
     weight_layout: WeightLayout = "vd",
+    mesh: jax.sharding.Mesh | None = None,
+    batch_axis: AxisName = None,
+    vocab_axis: AxisName = None,
 ) -> TokenStats:
     r"""Per-token log-probability, entropy, logsumexp and argmax of a linear layer.
 
@@ -207,6 +232,22 @@ def linear_token_stats(
         weight_layout: ``"vd"`` (PyTorch ``nn.Linear``, tied embeddings) or
             ``"dv"`` (a Flax ``nnx.Linear`` kernel: its columns are sliced per
             block, never transposed as a whole).
+        mesh, batch_axis, vocab_axis: vocabulary- / data-parallel under
+            ``shard_map``, as in `jaxce.linear_softmax_cross_entropy`:
+            ``hidden`` / ``labels`` / ``where`` split over ``batch_axis``,
+            ``weight`` / ``bias`` over ``vocab_axis`` (either may be None:
+            replicated; they must not share mesh axes). Each device streams
+            its own vocabulary block and only per-token accumulators are
+            all-reduced (``pmax`` of the max, ``psum`` of the rescaled sums,
+            ``pmin`` of the argmax among the blocks holding the max: ties
+            still go to the first index); the backward recomputes the blocks.
+            Neither ``weight`` nor the logits are gathered; the statistics
+            come back split over ``batch_axis`` and the gradients like their
+            inputs. Any ``N`` and ``V``: sizes the axes do not divide are
+            padded inside (padding classes are out of the softmax; a padded
+            size is replicated, as there). ``Auto`` and ``Explicit`` meshes.
+            ``mesh=None``: one device (explicitly sharded input then runs with
+            the mesh's axes as ``Auto``, partitioned by the compiler).
 
     Returns:
         `TokenStats` ``(logprob, entropy, logsumexp, argmax)``, each ``(N,)``:
@@ -247,12 +288,20 @@ def linear_token_stats(
         >>> print(s2.logprob)
         [-1.44019 -0.40132 -0.91758]
 
+        Vocabulary-parallel over every device, the same statistics:
+
+        >>> import numpy as np
+        >>> mesh = jax.sharding.Mesh(np.array(jax.devices()), ("vocab",))
+        >>> s3 = jaxce.linear_token_stats(h, w, y, mesh=mesh, vocab_axis="vocab")
+        >>> print(s3.logprob, s3.argmax)
+        [-1.44019 -0.40132 -0.91758] [3 3 0]
+
     References:
         Wijmans et al., *Cut Your Losses in Large-Vocabulary Language Models*
         (Cut Cross-Entropy), 2024, https://arxiv.org/abs/2411.09009.
     """
     arrays = (hidden, weight, labels, bias, where)
-    if explicitly_sharded(*arrays):  # blockwise kernels: run with Auto axes
+    if mesh is None and explicitly_sharded(*arrays):  # kernels with Auto axes
         spec = batch_spec(hidden)
         return run_auto(
             lambda h, w, y, b, m: linear_token_stats(
@@ -262,15 +311,22 @@ def linear_token_stats(
             arrays,
             TokenStats(spec, spec, spec, spec),  # type: ignore[arg-type]
         )  # fmt: skip
+    if mesh is None and (batch_axis is not None or vocab_axis is not None):
+        raise ValueError("`batch_axis` / `vocab_axis` need a `mesh`.")
+    lay = None if mesh is None else check_layout(mesh, batch_axis, vocab_axis)
     layout = check_weight_layout(weight_layout)
     tau = check_temperature(temperature)
     cap = check_softcap(softcap)
     chunk = check_positive_int(chunk_size, "chunk_size")
     ops, invalid = _prepare(hidden, weight, labels, bias, where, layout)
-    n, v = ops.hidden.shape[0], num_classes(ops.weight, layout)
-    blocks = block_sizes(n, v, chunk)
-    cfg = StatConfig(cap, tau, layout, blocks.chunk_size, blocks.token_chunk)
-    raw = cast(Raw, fused_token_stats(cfg, ops))
+    if lay is not None:
+        lay = dataclasses.replace(lay, weight_layout=layout)
+        raw = _sharded(lay, ops, chunk, cap, tau)
+    else:
+        n, v = ops.hidden.shape[0], num_classes(ops.weight, layout)
+        blocks = block_sizes(n, v, chunk)
+        cfg = StatConfig(cap, tau, layout, blocks.chunk_size, blocks.token_chunk)
+        raw = cast(Raw, fused_token_stats(None, cfg, ops))
     # Multiplied by NaN outside the custom_vjp: the gradient that reaches an
     # invalid token's logprob is NaN too (its entropy / lse are unaffected).
     logprob = nan_where(invalid, raw.logprob)

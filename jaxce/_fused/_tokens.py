@@ -66,6 +66,7 @@ class Targets(NamedTuple):
     labels: Array  # absent and out-of-range tokens set to 0
     present: Array  # tokens that count
     invalid: Array  # present tokens with a label outside [0, V): NaN loss
+    num_present: Array | None = None  # compact=True: the tokens after it are absent
 
 
 def _is_primal(x) -> bool:
@@ -104,7 +105,9 @@ def _reduce(st: Static, x: Params, y: Targets, s: Stats) -> Array:
 
 
 def _operands(x: Params, y: Targets) -> Operands:
-    return Operands(x.hidden, x.weight, x.bias, y.labels, x.class_weights)
+    return Operands(
+        x.hidden, x.weight, x.bias, y.labels, x.class_weights, y.num_present
+    )
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -233,5 +236,5 @@ def token_path_loss(p: Prepared) -> Array:
         r.weights,
         r.normalizer,
     )
-    y = Targets(p.labels, p.present, p.invalid)
+    y = Targets(p.labels, p.present, p.invalid, p.num_present)
     return cast(Callable[..., Array], scalar_loss)(p.static(), x, y)

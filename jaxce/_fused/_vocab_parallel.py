@@ -39,9 +39,8 @@ from typing import cast
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import PartitionSpec as P
 from jaxtyping import Array
 
 from ._blocks import (
@@ -53,114 +52,9 @@ from ._blocks import (
     class_axis,
     lse_from_stats,
 )
+from ._mesh import Layout, pad_rows
 from ._prepare import Prepared
 from ._recompute import token_losses
-
-AxisName = str | tuple[str, ...] | None
-
-
-def _names(axis: AxisName) -> tuple[str, ...]:
-    if axis is None:
-        return ()
-    return (axis,) if isinstance(axis, str) else tuple(axis)
-
-
-def _axis_size(mesh: Mesh, axis: AxisName, name: str) -> int:
-    size = 1
-    for a in _names(axis):
-        if a not in mesh.shape:
-            raise ValueError(
-                f"`{name}`={axis!r} names an axis that is not in the mesh; its axes "
-                f"are {tuple(mesh.axis_names)}."
-            )
-        size *= mesh.shape[a]
-    return size
-
-
-@dataclasses.dataclass(frozen=True)
-class Layout:
-    """Where one sharded call's arrays live (hashable: a custom_vjp nondiff arg).
-
-    Build with `check_layout`; ``num_classes`` is set (to the real vocabulary
-    size) only when the vocabulary is padded to a multiple of the vocabulary
-    axis, the padding being the last classes of ``weight``; ``weight_layout``
-    says which axis of ``weight`` holds the classes (and is split).
-    """
-
-    mesh: Mesh
-    batch_axis: AxisName
-    vocab_axis: AxisName
-    num_classes: int | None = None
-    weight_layout: str = "vd"
-
-    def classes(self, weight: Array) -> int:
-        """Classes of ``weight`` (this device's block inside ``shard_map``)."""
-        return weight.shape[class_axis(self.weight_layout)]
-
-    def size(self, axis: AxisName) -> int:
-        return int(np.prod([self.mesh.shape[a] for a in _names(axis)]))
-
-    def psum_vocab(self, x):
-        return lax.psum(x, self.vocab_axis) if self.size(self.vocab_axis) > 1 else x
-
-    def psum_batch(self, x):
-        return lax.psum(x, self.batch_axis) if self.size(self.batch_axis) > 1 else x
-
-    def vocab_offset(self, v_local: int):
-        """First global class of this device's vocabulary block."""
-        index = 0
-        for a in _names(self.vocab_axis):  # row-major over a tuple of axes
-            index = index * self.mesh.shape[a] + lax.axis_index(a)
-        return index * v_local
-
-    def real_classes(self, v_local: int):
-        """Real (not padding) classes of this device's block; None: all of them."""
-        if self.num_classes is None:
-            return None
-        return jnp.clip(self.num_classes - self.vocab_offset(v_local), 0, v_local)
-
-    def row(self) -> P:
-        return P(self.batch_axis)
-
-    def specs(self, ops: Operands) -> Operands:
-        """``shard_map`` specs of the operands (None for absent ones)."""
-        vocab = P(self.vocab_axis)
-        opt = lambda x: None if x is None else vocab  # noqa: E731
-        split = self.vocab_axis
-        specs = (
-            P(self.batch_axis, None),
-            P(split, None) if self.weight_layout == "vd" else P(None, split),
-            opt(ops.bias),
-            self.row(),
-            opt(ops.class_weights),
-        )
-        return Operands._make(specs)  # a spec tree shaped like the operands
-
-    def place(self, x, spec):
-        """Reshard ``x`` onto ``spec`` on meshes with explicit axis types.
-
-        Auto meshes need nothing: ``shard_map`` reshards its inputs itself.
-        """
-        if x is None or not _names(self.batch_axis) + _names(self.vocab_axis):
-            return x
-        if all(t == AxisType.Explicit for t in self.mesh.axis_types):
-            return jax.sharding.reshard(x, NamedSharding(self.mesh, spec))
-        return x
-
-
-def check_layout(mesh: object, batch_axis: AxisName, vocab_axis: AxisName) -> Layout:
-    """Check the mesh arguments (before the other arguments are checked)."""
-    if not isinstance(mesh, Mesh):
-        raise TypeError(f"`mesh` must be a jax.sharding.Mesh, got {type(mesh)}.")
-    _axis_size(mesh, batch_axis, "batch_axis")
-    _axis_size(mesh, vocab_axis, "vocab_axis")
-    shared = set(_names(batch_axis)) & set(_names(vocab_axis))
-    if shared:
-        raise ValueError(
-            f"`batch_axis`={batch_axis!r} and `vocab_axis`={vocab_axis!r} share the "
-            f"mesh axes {sorted(shared)}; use different axes."
-        )
-    return Layout(mesh, batch_axis, vocab_axis)
 
 
 def _localise(lay: Layout, ops: Operands) -> Operands:
@@ -200,7 +94,7 @@ def _local_stats(lay: Layout, st: Static, ops: Operands):
 def _local_grads(lay: Layout, st: Static, ops: Operands, lse, cts):
     """This device's share of the gradients; all-reduced to the input shardings."""
     ops = _localise(lay, ops)
-    h, w, b, _, cw = ops
+    h, w, b, _, cw, _ = ops
     g_lse, g_zy, g_sum, g_wy = cts
     cdt = lse.dtype
     g = chunk_grads(
@@ -261,33 +155,20 @@ def _sharded_stats_bwd(lay: Layout, st: Static, res, cts):
     )
     g = tuple(lay.place(x, row) for x in cts)
     dh, dw, db, dcw = fn(ops, lse, g)
-    return (Operands._make((dh, dw, db, None, dcw)),)  # labels: no cotangent
+    return (Operands._make((dh, dw, db, None, dcw, None)),)  # labels: no cotangent
 
 
 _sharded_stats.defvjp(_sharded_stats_fwd, _sharded_stats_bwd)
 
 
-def _round_up(x: int, k: int) -> int:
-    return -(-x // k) * k
-
-
-def _pad(x: Array, rows: int, axis: int = 0) -> Array:
-    """``x`` with zeros appended along ``axis`` up to ``rows``."""
-    if x.shape[axis] == rows:
-        return x
-    widths = [(0, 0)] * x.ndim
-    widths[axis] = (0, rows - x.shape[axis])
-    return jnp.pad(x, widths)
-
-
 def _padded(ops: Operands, n: int, v: int, weight_layout: str) -> Operands:
     """The operands padded to ``n`` tokens and ``v`` classes (zeros, label 0)."""
-    opt = lambda x: None if x is None else _pad(x, v)  # noqa: E731
+    opt = lambda x: None if x is None else pad_rows(x, v)  # noqa: E731
     return Operands(
-        _pad(ops.hidden, n),
-        _pad(ops.weight, v, class_axis(weight_layout)),
+        pad_rows(ops.hidden, n),
+        pad_rows(ops.weight, v, class_axis(weight_layout)),
         opt(ops.bias),
-        _pad(ops.labels, n),
+        pad_rows(ops.labels, n),
         opt(ops.class_weights),
     )
 
@@ -339,11 +220,9 @@ def vocab_parallel_loss(p: Prepared, lay: Layout) -> Array:
         smoothing over the local vocabulary).
     """
     nb, nv = lay.size(lay.batch_axis), lay.size(lay.vocab_axis)
-    (n, _), v = p.hidden.shape, p.num_classes
-    n_pad, v_pad = _round_up(n, nb), _round_up(v, nv)
+    n = p.hidden.shape[0]
     lay = dataclasses.replace(lay, weight_layout=p.weight_layout)
-    if v_pad != v:
-        lay = dataclasses.replace(lay, num_classes=v)
+    lay, n_pad, v_pad = lay.padded(n, p.num_classes)
     st = p.static(n_pad // nb, v_pad // nv)
     ops = _padded(p.operands(), n_pad, v_pad, p.weight_layout)
     specs, row, vocab = lay.specs(ops), lay.row(), P(lay.vocab_axis)
@@ -357,8 +236,8 @@ def vocab_parallel_loss(p: Prepared, lay: Layout) -> Array:
     out = cast(tuple[Array, ...], _sharded_stats(lay, st, ops))
     if n_pad == n:
         rows = functools.partial(lay.place, spec=row)
-    else:  # drop the padded tokens; an uneven split is no layout: replicate first
-        out = tuple(lay.place(x, P())[:n] for x in out)
+    else:  # drop the padded tokens (replicated: an uneven split is no layout)
+        out = tuple(lay.unpad(x, n) for x in out)
         rows = lambda x: x  # noqa: E731
     lse, z_y, sum_wz, w_y = out
     # label smoothing's K is the GLOBAL, real vocabulary size v (Megatron #737)
@@ -366,7 +245,7 @@ def vocab_parallel_loss(p: Prepared, lay: Layout) -> Array:
         Stats(lse, z_y, sum_wz),
         p.labels,
         ops.class_weights,
-        num_classes=v,
+        num_classes=p.num_classes,
         label_smoothing=p.label_smoothing,
         z_loss=p.z_loss,
         invalid=rows(p.invalid),

@@ -98,4 +98,5 @@ def linear_softmax_cross_entropy(
     g = token_chunk_grads(ops, cf, p.static(), Want(d_hidden=True, d_weight=True))
     assert g.d_hidden is not None and g.d_weight is not None
     db = None if g.d_bias is None or p.bias is None else g.d_bias.astype(p.bias.dtype)
-    return g.d_hidden.astype(p.hidden.dtype), g.d_weight.astype(p.weight.dtype), db
+    dh = p.unpack(g.d_hidden.astype(p.hidden.dtype))
+    return dh, g.d_weight.astype(p.weight.dtype), db
