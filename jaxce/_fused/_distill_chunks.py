@@ -101,15 +101,15 @@ def distill_chunks(
     coef: Array | None,
     present: Array,
     want: Want = Want(),
-    lay: Layout | None = None,
 ) -> Out:
     """Losses and (with ``coef``) gradients of ``sum_n coef_n L_n``, by token chunk.
 
-    With ``lay`` (inside ``shard_map``) the weights are this device's vocabulary
-    block: the log-softmaxes and the row sums of the divergence are all-reduced
-    over the vocabulary axis per chunk, and the gradients are this device's
-    partial ones (`run_chunks` all-reduces them).
+    With ``st.lay`` (called inside ``shard_map`` by `run_chunks`) the weights
+    are this device's vocabulary block: the log-softmaxes and the row sums of
+    the divergence are all-reduced over the vocabulary axis per chunk, and the
+    gradients are this device's partial ones (`run_chunks` all-reduces them).
     """
+    lay = st.lay
     limit = None if lay is None else lay.real_classes(student.weight.shape[0])
     hs, ws, bs = student
     ht, wt, bt = teacher
@@ -202,7 +202,7 @@ def run_chunks(
 
     def local(student, teacher, present, *coef):
         c = coef[0] if coef else None
-        out = distill_chunks(st, student, teacher, c, present, want, lay)
+        out = distill_chunks(st, student, teacher, c, present, want)
         opt = lambda x, f: None if x is None else f(x)  # noqa: E731
         return Out(
             out.loss,
