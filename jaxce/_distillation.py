@@ -4,7 +4,7 @@ One family, ``prepare -> formula -> reduce`` like the others: `distillation_loss
 checks its arguments, forms the per-element divergence between the tempered
 softmaxes of the teacher and the student (`divergence`), and reduces through
 the shared `Reducer`. The per-row formulas and their analytic gradients
-(`divergence_and_grad`) are also used by the fused
+(`divergence_parts`, `divergence_grad`) are also used by the fused
 `jaxce.linear_distillation_loss`, which never forms all the logits at once.
 """
 

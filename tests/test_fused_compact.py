@@ -146,12 +146,18 @@ def test_compact_under_jit_and_vmap_one_compilation():
         )
         assert_tree_allclose(f(h, w, y2), want, **TOL)
     assert f._cache_size() == 1
-    ys = jnp.stack([y, jnp.full((N,), -100), jnp.abs(y)])  # counts differ per row
-    loss = lambda y: jaxce.linear_softmax_cross_entropy(  # noqa: E731
-        h, w, y, ignore_index=-100, compact=True
-    )
-    plain = lambda y: jaxce.linear_softmax_cross_entropy(h, w, y, ignore_index=-100)  # noqa: E731
-    assert_tree_allclose(jax.vmap(loss)(ys), jax.vmap(plain)(ys), **TOL)
+    # counts differ per row: some, none, all present
+    ys = jnp.stack([y, jnp.full((N,), -100), jnp.where(y < 0, 0, y)])
+
+    def loss(h, y, compact):
+        return jaxce.linear_softmax_cross_entropy(
+            h, w, y, ignore_index=-100, compact=compact
+        )
+
+    vg = jax.vmap(jax.value_and_grad(loss), in_axes=(None, 0, None))
+    got, want = vg(h, ys, True), vg(h, ys, False)
+    assert np.all(np.isfinite(got[0])) and np.all(np.asarray(got[0])[[0, 2]] > 0)
+    assert_tree_allclose(got, want, **TOL)
 
 
 def test_token_blocks_skips_the_blocks_after_count():
@@ -173,4 +179,13 @@ def test_compact_errors():
     with pytest.raises(ValueError, match="compact.*mesh"):
         jaxce.linear_softmax_cross_entropy(
             h, w, y, compact=True, mesh=mesh, vocab_axis="vocab"
+        )
+    with pytest.raises(TypeError, match="compact"):  # the type first, with a mesh too
+        jaxce.linear_softmax_cross_entropy(
+            h,
+            w,
+            y,
+            compact=1,
+            mesh=mesh,
+            vocab_axis="vocab",  # type: ignore[arg-type]
         )

@@ -98,6 +98,31 @@ def test_token_stats_argmax_ties_and_banned_shard():
     assert np.all(np.asarray(got[0][1].argmax) >= 24)
 
 
+def test_blocks_of_padding_only():
+    # V = 5 over 8 devices: three devices hold padding classes only (their
+    # block's max is -inf); statistics, losses and gradients stay exact.
+    h, _, _, ht, _, y, where, adv = inputs("even")
+    r = np.random.default_rng(11)
+    w = jnp.asarray(r.standard_normal((5, D)), jnp.float32)
+    wt = jnp.asarray(r.standard_normal((5, D + 3)), jnp.float32)
+    b = jnp.asarray(r.standard_normal(5), jnp.float32)
+    y = y % 5
+
+    def stats(h, w, b, **kw):
+        return stats_objective(h, w, b, y, where, adv, **kw)
+
+    def distill(h, w, b, **kw):
+        return distill_objective(
+            h, w, b, ht, wt, where, None, "jsd", 0.3, "none", **kw
+        ), None
+
+    for f in (stats, distill):
+        vg = jax.value_and_grad(f, (0, 1, 2), has_aux=True)
+        got = jax.jit(lambda *a: vg(*a, **axes("vocab8")))(h, w, b)
+        assert_tree_allclose(got, vg(h, w, b), **TOL)
+        assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(got))
+
+
 def test_token_stats_gradients_split_like_inputs():
     mesh, ba, va = meshes()["explicit_data2_vocab4"]
     h, w, b, _, _, y, where, adv = inputs("even")
@@ -118,6 +143,10 @@ def test_token_stats_mesh_errors():
     h, w, _, _, _, y, _, _ = inputs("even")
     with pytest.raises(ValueError, match="need a `mesh`"):
         jaxce.linear_token_stats(h, w, y, vocab_axis="v")
+    mesh, ba, _ = meshes()["explicit_data2_vocab4"]  # explicitly sharded input too
+    hs = jax.device_put(h, NamedSharding(mesh, P(ba, None)))
+    with pytest.raises(ValueError, match="need a `mesh`"):
+        jaxce.linear_token_stats(hs, w, y, batch_axis=ba)
     mesh = meshes()["vocab8"][0]
     with pytest.raises(ValueError, match="vocab_axis.*not in the mesh"):
         jaxce.linear_token_stats(h, w, y, mesh=mesh, vocab_axis="nope")

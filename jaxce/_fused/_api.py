@@ -23,7 +23,7 @@ from .._core import (
     explicitly_sharded,
     run_auto,
 )
-from ._mesh import check_layout
+from ._mesh import layout_or_none
 from ._prepare import prepare
 from ._recompute import recompute_loss
 from ._tokens import token_path_loss
@@ -264,8 +264,13 @@ def linear_softmax_cross_entropy(
         Shoeybi et al., *Megatron-LM*, 2019 (vocabulary-parallel
         cross-entropy), https://arxiv.org/abs/1909.08053.
     """
+    layout = layout_or_none(mesh, batch_axis, vocab_axis)
+    if layout is not None and compact is True:
+        raise ValueError(
+            "`compact=True` runs on one device: it cannot be combined with `mesh`."
+        )
     arrays = (hidden, weight, labels, bias, class_weights, where, weights, normalizer)
-    if mesh is None and explicitly_sharded(*arrays):
+    if layout is None and explicitly_sharded(*arrays):
         # Explicitly sharded input without `mesh=`: the blockwise kernels run with
         # the mesh's axes as Auto (the compiler partitions them).
         def auto(h, w, y, b, cw, m, sw, z):
@@ -279,16 +284,6 @@ def linear_softmax_cross_entropy(
 
         out = batch_spec(hidden) if reduction == "none" else P()
         return run_auto(auto, arrays, out)
-    if mesh is None:
-        if batch_axis is not None or vocab_axis is not None:
-            raise ValueError("`batch_axis` / `vocab_axis` need a `mesh`.")
-        layout = None
-    else:
-        layout = check_layout(mesh, batch_axis, vocab_axis)
-        if compact:
-            raise ValueError(
-                "`compact=True` runs on one device: it cannot be combined with `mesh`."
-            )
     p = prepare(
         hidden, weight, labels, bias=bias, class_weights=class_weights,
         ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss,

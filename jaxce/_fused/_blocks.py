@@ -141,8 +141,8 @@ def token_blocks(
 
     With a ``count`` (a traced int scalar) only the ``ceil(count / t)`` blocks
     that hold one of the first ``count`` tokens run (a ``fori_loop`` with a
-    traced bound: never differentiated, every caller is inside a
-    ``custom_vjp``); the rows of the others keep their value in ``carry``.
+    traced bound, run inside the losses' ``custom_vjp`` rules); the rows of the
+    others keep their value in ``carry``.
     """
     if t >= n:
         return fn(carry, 0, 0)

@@ -33,7 +33,7 @@ from .._distillation import Kind, check_divergence
 from . import _block_sizes
 from ._block_sizes import block_sizes
 from ._distill_chunks import DistillStatic, Model, scalar_distill, token_distill
-from ._mesh import AxisName, Layout, check_layout, pad_rows
+from ._mesh import AxisName, Layout, layout_or_none, pad_rows
 
 
 def _model(hidden, weight, bias, who: str) -> Model:
@@ -261,11 +261,12 @@ def linear_distillation_loss(
         (``LigerFusedLinearJSD``); Agarwal et al., *On-Policy Distillation of
         Language Models*, 2024, https://arxiv.org/abs/2306.13649.
     """
+    lay = layout_or_none(mesh, batch_axis, vocab_axis)
     arrays = (
         student_hidden, student_weight, teacher_hidden, teacher_weight,
         student_bias, teacher_bias, labels, where, weights, normalizer,
     )  # fmt: skip
-    if mesh is None and explicitly_sharded(*arrays):  # kernels with Auto axes
+    if lay is None and explicitly_sharded(*arrays):  # kernels with Auto axes
         out = batch_spec(student_hidden) if reduction == "none" else P()
 
         def auto(sh, sw, th, tw, sb, tb, y, m, w, z):
@@ -277,9 +278,6 @@ def linear_distillation_loss(
             )  # fmt: skip
 
         return run_auto(auto, arrays, out)
-    if mesh is None and (batch_axis is not None or vocab_axis is not None):
-        raise ValueError("`batch_axis` / `vocab_axis` need a `mesh`.")
-    lay = None if mesh is None else check_layout(mesh, batch_axis, vocab_axis)
     d = check_divergence(kind, beta, temperature)
     student = _model(student_hidden, student_weight, student_bias, "student")
     teacher = _model(teacher_hidden, teacher_weight, teacher_bias, "teacher")

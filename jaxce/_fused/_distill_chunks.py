@@ -4,7 +4,8 @@ Both models' logits are formed together, ``T`` tokens at a time, over the full
 vocabulary (``T`` from `block_sizes`, the one element budget of `_block_sizes`
 shared by the two ``(T, V)`` blocks: each is at most half of it), never
 ``(N, V)`` at once. Per chunk the per-token divergence and its analytic
-gradient w.r.t. the student logits (`jaxce._distillation.divergence_and_grad`) give
+gradient w.r.t. the student logits (`jaxce._distillation.divergence_parts`,
+`divergence_grad`) give
 
     dz = coef_n * grad / tau,   dH[chunk] = dz @ W_s,   dW_s += dz.T @ H[chunk],
     db_s += sum_n dz

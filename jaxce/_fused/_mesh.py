@@ -148,6 +148,18 @@ def check_layout(mesh: object, batch_axis: AxisName, vocab_axis: AxisName) -> La
     return Layout(mesh, batch_axis, vocab_axis)
 
 
+def layout_or_none(mesh: object, batch_axis: AxisName, vocab_axis: AxisName):
+    """`check_layout` of a ``mesh``; None without one (then no axis may be named).
+
+    Called first, before any dispatch, so a misplaced axis is never ignored.
+    """
+    if mesh is None:
+        if batch_axis is not None or vocab_axis is not None:
+            raise ValueError("`batch_axis` / `vocab_axis` need a `mesh`.")
+        return None
+    return check_layout(mesh, batch_axis, vocab_axis)
+
+
 def round_up(x: int, k: int) -> int:
     return -(-x // k) * k
 

@@ -216,6 +216,7 @@ def grads_pass(
     cts: Cotangents,
     cfg: StatConfig,
     limit=None,
+    weight_grad_dtype=None,
 ) -> tuple[Array, Array, Array | None]:
     """``(d_hidden, d_weight, d_bias)`` given the per-token cotangents ``cts``.
 
@@ -228,9 +229,9 @@ def grads_pass(
     then ``dz = du / tau`` (times ``1 - (z / cap)**2`` with a soft cap); rows of
     absent tokens and columns at or after ``limit`` (padding) are 0. ``dz``
     is cast to the input dtype before its two matmuls (as the unfused bf16
-    backward does). ``d_hidden`` and ``d_bias``
-    come back in the compute dtype, ``d_weight`` in the weight's dtype and
-    layout.
+    backward does). ``d_hidden`` and ``d_bias`` come back in the compute dtype,
+    ``d_weight`` in the weight's layout and in ``weight_grad_dtype`` (default:
+    the weight's dtype).
     """
     hidden, weight, bias, labels, present = ops
     n, d = hidden.shape
@@ -291,7 +292,7 @@ def grads_pass(
 
     init = (
         jnp.zeros((n, d), cdt),
-        jnp.zeros(weight.shape, weight.dtype),
+        jnp.zeros(weight.shape, weight_grad_dtype or weight.dtype),
         None if bias is None else jnp.zeros((v,), cdt),
     )
     (dh, dw, db), _ = lax.scan(vocab_step, init, jnp.arange(-(-v // c)))

@@ -100,10 +100,12 @@ def run_stats(lay: Layout | None, cfg: StatConfig, ops: StatOperands):
 
 def _local_grads(lay: Layout, cfg: StatConfig, ops, shift, entropy, cts):
     local, _, limit = _local(lay, cfg, ops)
-    dh, dw, db = grads_pass(local, shift, entropy, cts, cfg, limit)
     cdt = compute_dtype(ops.hidden.dtype, ops.weight.dtype)
+    # Summed over the batch axis: accumulate in the compute dtype, cast once.
+    wdt = ops.weight.dtype if lay.batch_axis is None else cdt
+    dh, dw, db = grads_pass(local, shift, entropy, cts, cfg, limit, wdt)
     dh = lay.psum_vocab(dh)
-    dw = lay.psum_batch(dw.astype(cdt)).astype(ops.weight.dtype)
+    dw = lay.psum_batch(dw).astype(ops.weight.dtype)
     return dh, dw, None if db is None else lay.psum_batch(db)
 
 

@@ -32,7 +32,7 @@ from .._core import (
 )
 from ._block_sizes import block_sizes
 from ._head import check_head, check_weight_layout
-from ._mesh import AxisName, Layout, check_layout, pad_rows
+from ._mesh import AxisName, Layout, layout_or_none, pad_rows
 from ._stat_blocks import Cotangents, Raw, StatConfig, StatOperands
 from ._stats_parallel import run_grads, run_stats, specs
 from ._weight_layout import class_axis, num_classes
@@ -300,8 +300,9 @@ def linear_token_stats(
         Wijmans et al., *Cut Your Losses in Large-Vocabulary Language Models*
         (Cut Cross-Entropy), 2024, https://arxiv.org/abs/2411.09009.
     """
+    lay = layout_or_none(mesh, batch_axis, vocab_axis)
     arrays = (hidden, weight, labels, bias, where)
-    if mesh is None and explicitly_sharded(*arrays):  # kernels with Auto axes
+    if lay is None and explicitly_sharded(*arrays):  # kernels with Auto axes
         spec = batch_spec(hidden)
         return run_auto(
             lambda h, w, y, b, m: linear_token_stats(
@@ -311,9 +312,6 @@ def linear_token_stats(
             arrays,
             TokenStats(spec, spec, spec, spec),  # type: ignore[arg-type]
         )  # fmt: skip
-    if mesh is None and (batch_axis is not None or vocab_axis is not None):
-        raise ValueError("`batch_axis` / `vocab_axis` need a `mesh`.")
-    lay = None if mesh is None else check_layout(mesh, batch_axis, vocab_axis)
     layout = check_weight_layout(weight_layout)
     tau = check_temperature(temperature)
     cap = check_softcap(softcap)
