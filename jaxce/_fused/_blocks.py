@@ -156,9 +156,11 @@ def token_blocks(
     return lax.scan(lambda c, i: (step(i, c), None), carry, jnp.arange(-(-n // t)))[0]
 
 
-def _real_columns(valid: Array, cols: Array, limit) -> Array:
-    """``valid`` restricted to the columns before ``limit`` (None: no limit)."""
-    return valid if limit is None else valid & (cols < limit)
+def owned_columns(cols: Array, lo, limit) -> Array:
+    """Columns a block owns (``>= lo``: not done by the chunk before) that are
+    real classes (before ``limit``; None: no limit)."""
+    owned = cols >= lo
+    return owned if limit is None else owned & (cols < limit)
 
 
 def chunk_stats(ops: Operands, st: Static, limit=None) -> Online:
@@ -194,7 +196,7 @@ def chunk_stats(ops: Operands, st: Static, limit=None) -> Online:
             b = None if bias is None else lax.dynamic_slice_in_dim(bias, start, c)
             z = logits_block(h, w, b, st.softcap, cdt, lay)
             cols = start + jnp.arange(c)
-            valid = _real_columns(cols >= lo, cols, limit)
+            valid = owned_columns(cols, lo, limit)
             zm = jnp.where(valid[None, :], z, neg_inf)
             m_new = jnp.maximum(m, jnp.max(zm, axis=-1))
             m_safe = jnp.where(jnp.isfinite(m_new), m_new, zero)
@@ -277,7 +279,7 @@ def chunk_grads(
         if class_weights is not None:
             cw = lax.dynamic_slice_in_dim(class_weights, start, c).astype(cdt)
         cols = start + jnp.arange(c)
-        valid = _real_columns(cols >= lo, cols, limit)
+        valid = owned_columns(cols, lo, limit)
 
         def block(acc, t_start, t_lo):
             dh, dwj, dbj, dcwj = acc

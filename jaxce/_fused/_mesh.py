@@ -10,6 +10,7 @@ not divide (`Layout.padded`, `pad_rows`, `Layout.unpad`).
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +20,22 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 from jaxtyping import Array
 
 from ._blocks import Operands, class_axis
+
+
+@runtime_checkable
+class _Labelled(Protocol):
+    """Operands with a ``weight`` and ``labels`` (`Operands`, `StatOperands`)."""
+
+    @property
+    def weight(self) -> Array: ...
+
+    @property
+    def labels(self) -> Array: ...
+
+    def _replace(self, **kwargs: Any) -> Any: ...
+
+
+T = TypeVar("T", bound=_Labelled)
 
 AxisName = str | tuple[str, ...] | None
 
@@ -76,6 +93,13 @@ class Layout:
         for a in _names(self.vocab_axis):  # row-major over a tuple of axes
             index = index * self.mesh.shape[a] + lax.axis_index(a)
         return index * v_local
+
+    def localise(self, ops: T) -> T:
+        """Operands (a NamedTuple with ``weight`` and ``labels``) with labels
+        relative to this device's vocabulary block (inside ``shard_map``)."""
+        y = ops.labels
+        offset = self.vocab_offset(self.classes(ops.weight))
+        return ops._replace(labels=y - jnp.asarray(offset, y.dtype))
 
     def real_classes(self, v_local: int):
         """Real (not padding) classes of this device's block; None: all of them."""

@@ -58,8 +58,7 @@ class Prepared:
             (present first, in their order): the per-token fields above are
             ``x[order]``; None otherwise.
         num_present: with ``compact=True``, the number of present tokens
-            (traced);
-            None otherwise.
+            (traced); None otherwise.
     """
 
     hidden: Array

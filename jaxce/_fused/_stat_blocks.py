@@ -31,7 +31,7 @@ from jax import lax
 from jaxtyping import Array
 
 from .._core import compute_dtype
-from ._blocks import chunk_start, logits_block, token_blocks
+from ._blocks import chunk_start, logits_block, owned_columns, token_blocks
 from ._weight_layout import (
     class_axis,
     hidden_grad,
@@ -119,11 +119,6 @@ def _slices(ops: StatOperands, cfg: StatConfig, start):
     return w, b
 
 
-def _valid(cols: Array, lo, limit) -> Array:
-    """Columns a block owns (``>= lo``) that are real classes (``< limit``)."""
-    return (cols >= lo) if limit is None else (cols >= lo) & (cols < limit)
-
-
 def stats_pass(ops: StatOperands, cfg: StatConfig, limit=None) -> Acc:
     """The `Acc` accumulators of every token over the slice, block by block.
 
@@ -154,7 +149,7 @@ def stats_pass(ops: StatOperands, cfg: StatConfig, limit=None) -> Acc:
             start, lo = chunk_start(j, c, v)
             w, b = _slices(ops, cfg, start)
             z = logits(h, w, b, cfg, cdt)
-            valid = _valid(start + jnp.arange(c), lo, limit)[None, :]
+            valid = owned_columns(start + jnp.arange(c), lo, limit)[None, :]
             zm = jnp.where(valid, z, neg_inf)
             b_max, b_arg = jnp.max(zm, axis=-1), jnp.argmax(zm, axis=-1)
             arg = jnp.where(b_max > m, (start + b_arg).astype(jnp.int32), arg)
@@ -247,7 +242,7 @@ def grads_pass(
         start, lo = chunk_start(j, c, v)
         w, b = _slices(ops, cfg, start)
         cols = start + jnp.arange(c)
-        valid = _valid(cols, lo, limit)
+        valid = owned_columns(cols, lo, limit)
 
         def block(acc, t_start, t_lo):
             dh, dwj, dbj = acc

@@ -70,17 +70,10 @@ def combine(lay: Layout, acc: Acc, cfg: StatConfig, offset) -> Acc:
     return Acc(big, s, t, lax.psum(acc.z_y, axis), lax.pmin(first, axis))
 
 
-def _local(lay: Layout, cfg: StatConfig, ops: StatOperands):
-    """This device's operands with block-local labels, its offset and real classes."""
-    v_local = num_classes(ops.weight, cfg.layout)
-    offset = lay.vocab_offset(v_local)
-    local = ops._replace(labels=ops.labels - jnp.asarray(offset, ops.labels.dtype))
-    return local, offset, lay.real_classes(v_local)
-
-
 def _local_stats(lay: Layout, cfg: StatConfig, ops: StatOperands):
-    local, offset, limit = _local(lay, cfg, ops)
-    return finish(combine(lay, stats_pass(local, cfg, limit), cfg, offset), cfg)
+    v_local = num_classes(ops.weight, cfg.layout)
+    acc = stats_pass(lay.localise(ops), cfg, lay.real_classes(v_local))
+    return finish(combine(lay, acc, cfg, lay.vocab_offset(v_local)), cfg)
 
 
 def run_stats(lay: Layout | None, cfg: StatConfig, ops: StatOperands):
@@ -99,11 +92,11 @@ def run_stats(lay: Layout | None, cfg: StatConfig, ops: StatOperands):
 
 
 def _local_grads(lay: Layout, cfg: StatConfig, ops, shift, entropy, cts):
-    local, _, limit = _local(lay, cfg, ops)
+    limit = lay.real_classes(num_classes(ops.weight, cfg.layout))
     cdt = compute_dtype(ops.hidden.dtype, ops.weight.dtype)
     # Summed over the batch axis: accumulate in the compute dtype, cast once.
     wdt = ops.weight.dtype if lay.batch_axis is None else cdt
-    dh, dw, db = grads_pass(local, shift, entropy, cts, cfg, limit, wdt)
+    dh, dw, db = grads_pass(lay.localise(ops), shift, entropy, cts, cfg, limit, wdt)
     dh = lay.psum_vocab(dh)
     dw = lay.psum_batch(dw).astype(ops.weight.dtype)
     return dh, dw, None if db is None else lay.psum_batch(db)

@@ -57,13 +57,6 @@ from ._prepare import Prepared
 from ._recompute import token_losses
 
 
-def _localise(lay: Layout, ops: Operands) -> Operands:
-    """The operands with labels relative to this device's vocabulary block."""
-    v_local = lay.classes(ops.weight)
-    y = ops.labels
-    return ops._replace(labels=y - jnp.asarray(lay.vocab_offset(v_local), y.dtype))
-
-
 def _owned(ops: Operands, v_local: int) -> Array:
     """Tokens whose (local) label is in this device's block of ``v_local``."""
     return (ops.labels >= 0) & (ops.labels < v_local)
@@ -71,7 +64,7 @@ def _owned(ops: Operands, v_local: int) -> Array:
 
 def _local_stats(lay: Layout, st: Static, ops: Operands):
     """Per-token ``(lse, z_y, sum_wz, w_y)`` of this device's rows, all classes."""
-    ops = _localise(lay, ops)
+    ops = lay.localise(ops)
     v_local = lay.classes(ops.weight)
     m, s, zy, sw = chunk_stats(ops, st, lay.real_classes(v_local))
     if lay.size(lay.vocab_axis) > 1:
@@ -93,7 +86,7 @@ def _local_stats(lay: Layout, st: Static, ops: Operands):
 
 def _local_grads(lay: Layout, st: Static, ops: Operands, lse, cts):
     """This device's share of the gradients; all-reduced to the input shardings."""
-    ops = _localise(lay, ops)
+    ops = lay.localise(ops)
     h, w, b, _, cw, _ = ops
     g_lse, g_zy, g_sum, g_wy = cts
     cdt = lse.dtype
