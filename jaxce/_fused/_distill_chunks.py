@@ -89,8 +89,7 @@ def _log_softmax(z: Array, lay: Layout | None, limit) -> Array:
         z = jnp.where((jnp.arange(z.shape[-1]) < limit)[None, :], z, -jnp.inf)
     if lay is None or lay.size(lay.vocab_axis) == 1:
         return jax.nn.log_softmax(z, axis=-1)
-    m = lax.pmax(jnp.max(z, axis=-1), lay.vocab_axis)
-    m = jnp.where(jnp.isfinite(m), m, 0)
+    _, m = lay.max_vocab(jnp.max(z, axis=-1))
     s = lax.psum(jnp.sum(jnp.exp(z - m[:, None]), axis=-1), lay.vocab_axis)
     return z - (m + jnp.log(s))[:, None]
 

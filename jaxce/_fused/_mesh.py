@@ -84,6 +84,13 @@ class Layout:
     def psum_vocab(self, x):
         return lax.psum(x, self.vocab_axis) if self.size(self.vocab_axis) > 1 else x
 
+    def max_vocab(self, m: Array) -> tuple[Array, Array]:
+        """``(M, M0)``: ``M`` the ``pmax`` of ``m`` over the vocabulary axis,
+        ``M0`` the same with a ``-inf`` (no class left anywhere) as 0, the
+        shift that keeps ``exp(m - M0)`` free of NaN."""
+        big = lax.pmax(m, self.vocab_axis)
+        return big, jnp.where(jnp.isfinite(big), big, 0)
+
     def psum_batch(self, x):
         return lax.psum(x, self.batch_axis) if self.size(self.batch_axis) > 1 else x
 

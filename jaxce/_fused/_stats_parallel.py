@@ -59,8 +59,7 @@ def combine(lay: Layout, acc: Acc, cfg: StatConfig, offset) -> Acc:
     if lay.size(lay.vocab_axis) == 1:
         return acc._replace(arg=arg)
     axis = lay.vocab_axis
-    big = lax.pmax(acc.m, axis)
-    big_safe = jnp.where(jnp.isfinite(big), big, 0)
+    big, big_safe = lay.max_vocab(acc.m)
     # A block with no class left has m = -inf and s = t = 0: no shift then.
     shift = jnp.where(jnp.isfinite(acc.m), shifted(acc.m - big_safe, cfg), 0)
     alpha = jnp.exp(shift)

@@ -68,8 +68,7 @@ def _local_stats(lay: Layout, st: Static, ops: Operands):
     v_local = lay.classes(ops.weight)
     m, s, zy, sw = chunk_stats(ops, st, lay.real_classes(v_local))
     if lay.size(lay.vocab_axis) > 1:
-        big = lax.pmax(m, lay.vocab_axis)
-        big_safe = jnp.where(jnp.isfinite(big), big, 0)
+        big, big_safe = lay.max_vocab(m)
         s = lax.psum(s * jnp.exp(m - big_safe), lay.vocab_axis)
         m = big
     lse = lse_from_stats(m, s)
