@@ -223,17 +223,29 @@ def test_dv_layout_closed_form_and_errors():
         jaxce.linear_softmax_cross_entropy(h, w, y, weight_layout="dv")
 
 
-def test_dv_layout_makes_no_transposed_weight():
+@pytest.mark.parametrize(
+    "opts",
+    [
+        dict(chunk_size=128),
+        dict(chunk_size=128, reduction="none"),
+        dict(chunk_size=128, compact=True),
+        dict(chunk_size="auto", memory_budget_bytes=1 << 16),
+    ],
+    ids=["mean", "none", "compact", "auto"],
+)
+def test_dv_layout_makes_no_transposed_weight(opts):
     """The compiled gradient of "dv" has no (V, D) array: no transposed copy."""
     n, d, v = 64, 24, 1000  # (V, D) = (1000, 24) matches no other shape here
     h = jnp.ones((n, d))
     w = jnp.ones((d, v))
     y = jnp.zeros((n,), jnp.int32)
+    where = jnp.arange(n) % 2 == 0
 
     def loss(h, w):
-        return jaxce.linear_softmax_cross_entropy(
-            h, w, y, weight_layout="dv", chunk_size=128
+        out = jaxce.linear_softmax_cross_entropy(
+            h, w, y, weight_layout="dv", where=where, **opts
         )
+        return jnp.sum(out)
 
     for fn in (loss, jax.grad(loss, argnums=(0, 1))):
         hlo = jax.jit(fn).lower(h, w).compile().as_text()
@@ -300,3 +312,41 @@ def test_smaller_budget_smaller_temp_memory(reduction):
     assert small < big
     # the logits blocks of the small budget: at most its 2 MiB plus the gradients
     assert small <= (2 << 20) + 2 * (512 + 4096) * 32 * 4
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [
+        dict(),
+        dict(reduction="none"),
+        dict(weight_layout="dv"),
+        dict(compact=True, weights=True, normalizer=100.0),
+    ],
+    ids=["mean", "none", "dv", "compact"],
+)
+def test_budget_memory_independent_of_vocabulary(opts):
+    """With a budget, the temp memory of value-and-grad stays flat as V grows 4x."""
+    n, d, budget = 512, 32, 4 << 20
+    sd = jax.ShapeDtypeStruct
+    opts = dict(opts)
+    weighted = opts.pop("weights", False)
+    layout = opts.get("weight_layout", "vd")
+
+    def temp(v):
+        w_shape = (v, d) if layout == "vd" else (d, v)
+        args = (sd((n, d), jnp.float32), sd(w_shape, jnp.float32), sd((n,), jnp.int32))
+
+        def loss(h, w, y):
+            out = jaxce.linear_softmax_cross_entropy(
+                h, w, y, where=jnp.arange(n) % 2 == 0, chunk_size="auto",
+                weights=jnp.linspace(0.5, 1.5, n) if weighted else None,
+                memory_budget_bytes=budget, **opts,
+            )  # fmt: skip
+            return jnp.sum(out)
+
+        vg = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(*args)
+        return vg.compile().memory_analysis().temp_size_in_bytes
+
+    small, big = temp(8192), temp(32768)
+    assert big - small <= 0.02 * n * (32768 - 8192) * 4, (small, big)
+    assert big <= budget + 8 * n * d * 4, big  # the budget's blocks + (N, D) terms

@@ -271,3 +271,13 @@ def test_distillation_hlo_gathers_no_weight(mesh_name):
     assert ops
     assert not [c for op, c in ops if op == "all-gather" and c >= BIG_V * D // 8]
     assert max(c for _, c in ops) < BIG_V * D
+
+
+@pytest.mark.parametrize("mesh_name", ["vocab8", "batch2_vocab4"])
+def test_byte_budget_on_mesh_equals_single_device(mesh_name):
+    """A 1-byte budget (1-token distillation chunks) on a mesh: same results."""
+    kw = dict(memory_budget_bytes=1, **axes(mesh_name))
+    want = stats_run("padded", "vd")
+    assert_tree_allclose(stats_run("padded", "vd", **kw), want, **TOL)
+    want = distill_run("padded", "jsd", 0.3, "mean")
+    assert_tree_allclose(distill_run("padded", "jsd", 0.3, "mean", **kw), want, **TOL)

@@ -121,7 +121,9 @@ def linear_softmax_cross_entropy(
             integer scalar (``int``, ``np.int64``).
         label_smoothing: $\varepsilon \in [0, 1)$, towards uniform over $V$.
         z_loss: $\lambda \ge 0$, weight of ``lse**2`` (PaLM).
-        softcap: $c > 0$: logits ``c * tanh(z / c)`` (Gemma 2), or None.
+        softcap: $c > 0$: logits ``c * tanh(z / c)`` (Gemma 2), or None. It
+            maps a ``-inf`` logit (a ``-inf`` bias entry) to ``-c``: that class
+            is then in the softmax, as in the unfused formula.
         where: ``(N,)`` boolean **per-token** mask (False tokens are absent); there
             is no per-class mask here.
         weights: ``(N,)`` float per-token sample weights $s_n$ (a scalar

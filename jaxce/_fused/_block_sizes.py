@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Literal
 
 import jax.numpy as jnp
+
+from .._core import check_positive_int
 
 BLOCK_ELEMENTS = 1 << 24
 """The one logits-block budget: 16 Mi elements (64 MiB in float32)."""
@@ -36,6 +39,24 @@ def budget_elements(memory_budget_bytes: int | None, dtype) -> int | None:
         return None
     per = LOGITS_ARRAYS * jnp.dtype(dtype).itemsize
     return max(1, memory_budget_bytes // per)
+
+
+def check_chunk_size(chunk_size: object) -> int | Literal["auto"] | None:
+    """``chunk_size`` checked: None, ``"auto"`` or an integer scalar >= 1."""
+    if isinstance(chunk_size, str):
+        if chunk_size != "auto":
+            raise ValueError(
+                f'`chunk_size` must be None, "auto" or an int >= 1, got {chunk_size!r}.'
+            )
+        return "auto"
+    return check_positive_int(chunk_size, "chunk_size")
+
+
+def check_budget(memory_budget_bytes: object, dtype) -> int | None:
+    """The element budget of ``memory_budget_bytes`` (None or an int >= 1) for
+    the compute dtype ``dtype`` (`budget_elements`)."""
+    budget = check_positive_int(memory_budget_bytes, "memory_budget_bytes")
+    return budget_elements(budget, dtype)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,7 +6,7 @@ The kernels (token chunks, the two ``jax.custom_vjp``) are in `_distill_chunks`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import cast
+from typing import Literal, cast
 
 import jax
 import jax.numpy as jnp
@@ -21,8 +21,6 @@ from .._core import (
     as_float_input,
     batch_spec,
     check_ignore_index,
-    check_integer_labels,
-    check_positive_int,
     compute_dtype,
     element_mask,
     explicitly_sharded,
@@ -31,7 +29,7 @@ from .._core import (
 )
 from .._distillation import Kind, check_divergence
 from . import _block_sizes
-from ._block_sizes import block_sizes
+from ._block_sizes import block_sizes, check_budget, check_chunk_size
 from ._distill_chunks import DistillStatic, Model, scalar_distill, token_distill
 from ._mesh import AxisName, Layout, layout_or_none, pad_rows
 
@@ -84,7 +82,11 @@ def _present(n: int, labels, ignore_index, where) -> Array:
         )
     if labels is not None:
         labels = jnp.asarray(labels)
-        check_integer_labels(labels)
+        if not jnp.issubdtype(labels.dtype, jnp.integer):
+            raise TypeError(
+                "`labels` only mark ignored tokens (those equal to `ignore_index`) "
+                f"and must be integers, got dtype {labels.dtype}."
+            )
         if labels.shape != (n,):
             raise ValueError(
                 f"`labels` must have shape ({n},) (one per token), got {labels.shape}."
@@ -93,7 +95,7 @@ def _present(n: int, labels, ignore_index, where) -> Array:
     return present
 
 
-def _on_mesh(lay: Layout, d, chunk, student: Model, teacher: Model, present):
+def _on_mesh(lay: Layout, d, chunk, budget, student: Model, teacher: Model, present):
     """The models and mask padded to the mesh and placed on it; the static
     configuration of one device's block.
 
@@ -114,14 +116,15 @@ def _on_mesh(lay: Layout, d, chunk, student: Model, teacher: Model, present):
         return Model(h, w, b)
 
     present = lay.place(pad_rows(present, n_pad), P(lay.batch_axis))
-    blocks = block_sizes(n_pad // nb, v_pad // nv, chunk, _budget())
+    blocks = block_sizes(n_pad // nb, v_pad // nv, chunk, _budget(budget))
     st = DistillStatic(d, blocks.token_path_chunk, blocks.chunk_size, lay)
     return put(student), put(teacher), present, st
 
 
-def _budget() -> int:
-    """Two ``(T, V)`` blocks (student and teacher) share the one element budget."""
-    return _block_sizes.BLOCK_ELEMENTS // 2
+def _budget(budget: int | None) -> int:
+    """Two ``(T, V)`` blocks (student and teacher) share the one element budget
+    (``budget``; None: `BLOCK_ELEMENTS`)."""
+    return max(1, (_block_sizes.BLOCK_ELEMENTS if budget is None else budget) // 2)
 
 
 def linear_distillation_loss(
@@ -142,7 +145,8 @@ def linear_distillation_loss(
     reduction: Reduction = "mean",
     normalizer: ScalarLike | None = None,
     base: Number | None = None,
-    chunk_size: IndexLike | None = None,
+    chunk_size: IndexLike | Literal["auto"] | None = None,
+    memory_budget_bytes: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
     batch_axis: AxisName = None,
     vocab_axis: AxisName = None,
@@ -210,7 +214,15 @@ def linear_distillation_loss(
         normalizer: with a scalar reduction, ``sum(weights * L) / normalizer``.
         base: log base of the result (``None``: nats, ``2``: bits).
         chunk_size: classes per slice of the ``dW`` update (an integer >= 1;
-            None: 2048, clipped to ``V``). The token chunks are automatic.
+            None: 2048, clipped to ``V``; ``"auto"``: ``sqrt(B)`` classes
+            rounded down to a multiple of 128, ``B`` the element budget
+            below). The token chunks are automatic. Results do not depend on
+            it.
+        memory_budget_bytes: bytes for the logits blocks, an int >= 1; None:
+            256 MiB. As in `jaxce.linear_softmax_cross_entropy`, the element
+            budget is ``B = memory_budget_bytes // (4 * itemsize)`` of the
+            compute dtype, shared by the two models: a token chunk has at most
+            ``max(1, B // (2 V))`` tokens. Results do not depend on it.
         mesh, batch_axis, vocab_axis: vocabulary- / data-parallel under
             ``shard_map``, as in `jaxce.linear_softmax_cross_entropy`: both
             models' hidden states (and the per-token arrays) split over
@@ -275,6 +287,7 @@ def linear_distillation_loss(
                 student_bias=sb, teacher_bias=tb, labels=y,
                 ignore_index=ignore_index, where=m, weights=w, reduction=reduction,
                 normalizer=z, base=base, chunk_size=chunk_size,
+                memory_budget_bytes=memory_budget_bytes,
             )  # fmt: skip
 
         return run_auto(auto, arrays, out)
@@ -294,9 +307,10 @@ def linear_distillation_loss(
             f"`student_weight` {student.weight.shape}: got "
             f"{teacher.weight.shape[0]} != {v}."
         )
-    chunk = check_positive_int(chunk_size, "chunk_size")
+    chunk = check_chunk_size(chunk_size)
     present = _present(n, labels, ignore_index, where)
     dtype = compute_dtype(student.hidden.dtype, teacher.hidden.dtype)
+    budget = check_budget(memory_budget_bytes, dtype)
     reducer = make_reducer(
         present,
         dtype,
@@ -307,11 +321,11 @@ def linear_distillation_loss(
         normalizer=normalizer,
     )
     if lay is None:
-        blocks = block_sizes(n, v, chunk, _budget())
+        blocks = block_sizes(n, v, chunk, _budget(budget))
         st = DistillStatic(d, blocks.token_path_chunk, blocks.chunk_size)
     else:
         student, teacher, present, st = _on_mesh(
-            lay, d, chunk, student, teacher, present
+            lay, d, chunk, budget, student, teacher, present
         )
     n_pad = present.shape[0]
     if reducer.reduction == "none":

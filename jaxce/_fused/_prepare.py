@@ -20,14 +20,13 @@ from .._core import (
     check_ignore_index,
     check_label_smoothing,
     check_nonneg,
-    check_positive_int,
     check_reduction,
     compute_dtype,
     is_static_zero,
     make_reducer,
     out_of_range,
 )
-from ._block_sizes import block_sizes, budget_elements
+from ._block_sizes import block_sizes, check_budget, check_chunk_size
 from ._blocks import Operands, Static, class_axis
 from ._head import check_head
 
@@ -186,9 +185,8 @@ def prepare(
     check_nonneg(z_loss, "z_loss")
     check_reduction(reduction)
     softcap = _check_softcap(softcap)
-    auto = isinstance(chunk_size, str) and chunk_size == "auto"
-    chunk = "auto" if auto else check_positive_int(chunk_size, "chunk_size")
-    budget = check_positive_int(memory_budget_bytes, "memory_budget_bytes")
+    chunk = check_chunk_size(chunk_size)
+    budget = check_budget(memory_budget_bytes, dtype)
     present = head.present
     ignore = check_ignore_index(ignore_index)
     if ignore is not None:
@@ -235,7 +233,7 @@ def prepare(
         chunk_size=chunk,
         reducer=reducer,
         weight_layout=weight_layout,
-        budget=budget_elements(budget, dtype),
+        budget=budget,
         order=order,
         num_present=count,
     )

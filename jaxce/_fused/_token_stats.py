@@ -24,13 +24,13 @@ from .._core import (
     IndexLike,
     Number,
     batch_spec,
-    check_positive_int,
+    compute_dtype,
     explicitly_sharded,
     nan_where,
     out_of_range,
     run_auto,
 )
-from ._block_sizes import block_sizes
+from ._block_sizes import block_sizes, check_budget, check_chunk_size
 from ._head import check_head, check_weight_layout
 from ._mesh import AxisName, Layout, layout_or_none, pad_rows
 from ._stat_blocks import Cotangents, Raw, StatConfig, StatOperands
@@ -128,7 +128,7 @@ def _bwd(lay: Layout | None, cfg: StatConfig, res, cts):
 fused_token_stats.defvjp(_fwd, _bwd)
 
 
-def _sharded(lay: Layout, ops: StatOperands, chunk, cap, tau) -> Raw:
+def _sharded(lay: Layout, ops: StatOperands, chunk, budget, cap, tau) -> Raw:
     """`fused_token_stats` on ``lay``'s mesh, sizes the mesh does not divide padded.
 
     Padding tokens are absent; padding classes (zero rows / columns of
@@ -147,7 +147,7 @@ def _sharded(lay: Layout, ops: StatOperands, chunk, cap, tau) -> Raw:
         pad_rows(ops.present, n_pad),
     )
     ops = StatOperands._make(map(lay.place, ops, specs(lay, ops)))
-    blocks = block_sizes(n_pad // nb, v_pad // nv, chunk)
+    blocks = block_sizes(n_pad // nb, v_pad // nv, chunk, budget)
     cfg = StatConfig(cap, tau, lay.weight_layout, blocks.chunk_size, blocks.token_chunk)
     raw = cast(Raw, fused_token_stats(lay, cfg, ops))
     return Raw(*(lay.unpad(x, n) for x in raw))
@@ -162,7 +162,8 @@ def linear_token_stats(
     temperature: Number = 1.0,
     softcap: Number | None = None,
     where: Bool[ArrayLike, " _tokens"] | None = None,
-    chunk_size: IndexLike | None = None,
+    chunk_size: IndexLike | Literal["auto"] | None = None,
+    memory_budget_bytes: int | None = None,
     weight_layout: WeightLayout = "vd",
     mesh: jax.sharding.Mesh | None = None,
     batch_axis: AxisName = None,
@@ -219,7 +220,10 @@ def linear_token_stats(
             logsumexp and argmax do not depend on the label and stay finite.
             Check labels with `jaxce.validate` for a clear error.
         bias: ``(V,)`` or None. ``-inf`` entries (banned tokens) are out of the
-            softmax, with finite entropies and gradients.
+            softmax, with finite entropies and gradients; with a ``softcap``
+            they are not: the cap maps a ``-inf`` logit to ``-c`` (the formula
+            above, as the unfused ``c * tanh(x / c)``), a class with a small
+            probability.
         temperature: $\tau$, a finite Python / NumPy number > 0 known at
             trace time (the sampling temperature); it does not change
             ``argmax``.
@@ -228,7 +232,15 @@ def linear_token_stats(
             ``logprob``, ``entropy`` and ``logsumexp``, ``argmax`` 0, and no
             gradient flows from them (their rows of ``d_hidden`` are 0).
         chunk_size: classes per vocabulary block, an integer >= 1; None picks
-            2048 (clipped to ``V``). Results do not depend on it.
+            2048 (clipped to ``V``); ``"auto"``: from the element budget ``B``
+            (below), ``sqrt(B)`` classes rounded down to a multiple of 128 (at
+            least 128, at most ``V``). A block has ``max(256, B // chunk)``
+            tokens (at most ``N``). Results do not depend on it.
+        memory_budget_bytes: bytes for the logits blocks, an int >= 1; None:
+            256 MiB. As in `jaxce.linear_softmax_cross_entropy`: the element
+            budget is ``B = memory_budget_bytes // (4 * itemsize)`` of the
+            compute dtype (``B = 2**24`` by default in float32). Results do
+            not depend on it.
         weight_layout: ``"vd"`` (PyTorch ``nn.Linear``, tied embeddings) or
             ``"dv"`` (a Flax ``nnx.Linear`` kernel: its columns are sliced per
             block, never transposed as a whole).
@@ -307,7 +319,8 @@ def linear_token_stats(
         return run_auto(
             lambda h, w, y, b, m: linear_token_stats(
                 h, w, y, bias=b, temperature=temperature, softcap=softcap,
-                where=m, chunk_size=chunk_size, weight_layout=weight_layout,
+                where=m, chunk_size=chunk_size,
+                memory_budget_bytes=memory_budget_bytes, weight_layout=weight_layout,
             ),
             arrays,
             TokenStats(spec, spec, spec, spec),  # type: ignore[arg-type]
@@ -315,14 +328,15 @@ def linear_token_stats(
     layout = check_weight_layout(weight_layout)
     tau = check_temperature(temperature)
     cap = check_softcap(softcap)
-    chunk = check_positive_int(chunk_size, "chunk_size")
+    chunk = check_chunk_size(chunk_size)
     ops, invalid = _prepare(hidden, weight, labels, bias, where, layout)
+    budget = check_budget(memory_budget_bytes, compute_dtype(ops.hidden.dtype))
     if lay is not None:
         lay = dataclasses.replace(lay, weight_layout=layout)
-        raw = _sharded(lay, ops, chunk, cap, tau)
+        raw = _sharded(lay, ops, chunk, budget, cap, tau)
     else:
         n, v = ops.hidden.shape[0], num_classes(ops.weight, layout)
-        blocks = block_sizes(n, v, chunk)
+        blocks = block_sizes(n, v, chunk, budget)
         cfg = StatConfig(cap, tau, layout, blocks.chunk_size, blocks.token_chunk)
         raw = cast(Raw, fused_token_stats(None, cfg, ops))
     # Multiplied by NaN outside the custom_vjp: the gradient that reaches an
