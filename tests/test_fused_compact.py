@@ -14,12 +14,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import Mesh
 
 import jaxce
 import jaxce._fused._block_sizes as fused_blocks
 from jaxce._fused._block_sizes import block_sizes
-from jaxce._fused._blocks import token_blocks
+from jaxce._fused._blocks import Operands, token_blocks
+from jaxce._fused._vocab_parallel import _pack
 from tests.helpers import assert_tree_allclose
+from tests.test_sharded import collectives
 
 N, D, V = 61, 8, 70
 TOL = dict(rtol=2e-5, atol=2e-6)
@@ -173,19 +176,68 @@ def test_token_blocks_skips_the_blocks_after_count():
 
 def test_compact_errors():
     h, w, _, y, _, _ = _data(6)
-    with pytest.raises(TypeError, match="compact"):
-        jaxce.linear_softmax_cross_entropy(h, w, y, compact=1)  # type: ignore[arg-type]
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:2]), ("vocab",))
-    with pytest.raises(ValueError, match="compact.*mesh"):
-        jaxce.linear_softmax_cross_entropy(
-            h, w, y, compact=True, mesh=mesh, vocab_axis="vocab"
-        )
-    with pytest.raises(TypeError, match="compact"):  # the type first, with a mesh too
-        jaxce.linear_softmax_cross_entropy(
-            h,
-            w,
-            y,
-            compact=1,
-            mesh=mesh,
-            vocab_axis="vocab",  # type: ignore[arg-type]
-        )
+    for kw in [{}, dict(mesh=mesh, vocab_axis="vocab")]:  # the type, mesh or not
+        with pytest.raises(TypeError, match="compact"):
+            jaxce.linear_softmax_cross_entropy(h, w, y, compact=1, **kw)  # type: ignore[arg-type]
+
+
+# -- on a mesh: each device packs its own rows ----------------------------------
+
+
+def _axes(kind: str) -> dict:
+    """Every device (the root conftest's 8 CPU devices; one on a one-GPU
+    machine: benchmarks/gpu.sh runs this file there) as a vocabulary, batch or
+    2 x k batch x vocabulary mesh."""
+    devices = np.array(jax.devices())
+    if kind in ("vocab", "batch"):
+        axis = kind[0]
+        return {"mesh": Mesh(devices, (axis,)), f"{kind}_axis": axis}
+    rows = 2 if devices.size % 2 == 0 else 1
+    mesh = Mesh(devices.reshape(rows, -1), ("b", "v"))
+    return dict(mesh=mesh, batch_axis="b", vocab_axis="v")
+
+
+@pytest.mark.parametrize("kind", ["vocab", "batch_vocab", "batch"])
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_compact_on_mesh_equals_single_device(kind, reduction):
+    """N = 61 rows: padded to the batch axis, several 8-token blocks per device."""
+    h, w, b, y, cw, s = _data(7)
+    kw = dict(label_smoothing=0.1, z_loss=1e-3)
+    got = _value_and_grads(
+        h, w, b, y, cw, s, reduction, compact=True, **_axes(kind), **kw
+    )
+    want = _value_and_grads(h, w, b, y, cw, s, reduction, **kw)
+    assert_tree_allclose(got, want, **TOL)
+
+
+def test_pack_is_per_device_and_counts_present_rows():
+    ops = Operands(
+        jnp.arange(6.0)[:, None], jnp.ones((4, 1)), None, jnp.arange(6), None
+    )
+    present = jnp.array([False, True, False, True, True, False])
+    packed, (row,), order = _pack(ops, present, jnp.arange(6) * 10)
+    np.testing.assert_array_equal(order, [1, 3, 4, 0, 2, 5])  # stable
+    np.testing.assert_array_equal(packed.hidden[:, 0], [1, 3, 4, 0, 2, 5])
+    np.testing.assert_array_equal(packed.labels, [1, 3, 4, 0, 2, 5])
+    np.testing.assert_array_equal(row, [10, 30, 40, 0, 20, 50])
+    assert int(packed.num_present) == 3
+
+
+def test_compact_on_mesh_packs_without_moving_rows_between_devices():
+    """Packing adds no collective: the compiled loss communicates as without it."""
+    mesh_axes = _axes("batch_vocab")
+    n, d = 256, 24
+    h, w = jnp.ones((n, d)), jnp.ones((V, d))
+    y = jnp.where(jnp.arange(n) % 3 == 0, -100, jnp.arange(n) % V)
+
+    def comms(compact):
+        def loss(h, w):
+            return jaxce.linear_softmax_cross_entropy(
+                h, w, y, ignore_index=-100, compact=compact, **mesh_axes
+            )
+
+        f = jax.jit(jax.value_and_grad(loss, (0, 1)))
+        return sorted(collectives(f.lower(h, w).compile().as_text()))
+
+    assert comms(True) == comms(False)

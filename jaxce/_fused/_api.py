@@ -182,8 +182,11 @@ def linear_softmax_cross_entropy(
             ``(T, V)`` chunk, and vocabulary blocks of at most ``ceil(N / 8)``
             (at least 256) tokens; with one block nothing is skipped. False
             (default): every token is computed and the absent ones masked.
-            One device only (not with ``mesh``). Under ``vmap`` the loop runs
-            to the largest count in the batch.
+            With ``mesh``, each device packs its own rows (inside
+            ``shard_map``: no token moves between devices, no collective is
+            added) and skips its own blocks; the devices of one vocabulary
+            group hold the same rows, so they pack them alike. Under ``vmap``
+            the loop runs to the largest count in the batch.
         mesh, batch_axis, vocab_axis: run vocabulary- / data-parallel under
             ``shard_map`` (Megatron-style); ``mesh=None`` runs on one device.
             ``hidden`` / ``labels`` / ``where`` are split over ``batch_axis``
@@ -267,10 +270,6 @@ def linear_softmax_cross_entropy(
         cross-entropy), https://arxiv.org/abs/1909.08053.
     """
     layout = layout_or_none(mesh, batch_axis, vocab_axis)
-    if layout is not None and compact is True:
-        raise ValueError(
-            "`compact=True` runs on one device: it cannot be combined with `mesh`."
-        )
     arrays = (hidden, weight, labels, bias, class_weights, where, weights, normalizer)
     if layout is None and explicitly_sharded(*arrays):
         # Explicitly sharded input without `mesh=`: the blockwise kernels run with
@@ -292,6 +291,7 @@ def linear_softmax_cross_entropy(
         softcap=softcap, where=where, reduction=reduction, chunk_size=chunk_size,
         weights=weights, normalizer=normalizer, weight_layout=weight_layout,
         memory_budget_bytes=memory_budget_bytes, compact=compact,
+        pack=layout is None,  # on a mesh each device packs its own rows
     )  # fmt: skip
     if layout is not None:
         return vocab_parallel_loss(p, layout)

@@ -53,11 +53,13 @@ class Prepared:
             compute dtype, returning the dtype of ``hidden``.
         weight_layout: ``"vd"`` or ``"dv"``.
         budget: the logits-block element budget (None: `BLOCK_ELEMENTS`).
-        order: with ``compact=True``, the permutation that packed the tokens
-            (present first, in their order): the per-token fields above are
-            ``x[order]``; None otherwise.
-        num_present: with ``compact=True``, the number of present tokens
-            (traced); None otherwise.
+        order: with ``compact=True`` on one device, the permutation that
+            packed the tokens (present first, in their order): the per-token
+            fields above are ``x[order]``; None otherwise.
+        num_present: with ``compact=True`` on one device, the number of
+            present tokens (traced); None otherwise.
+        compact: ``compact=True`` was asked for (block sizes fine enough to
+            skip; on a mesh each device packs its rows: `._vocab_parallel`).
     """
 
     hidden: Array
@@ -75,6 +77,7 @@ class Prepared:
     budget: int | None = None
     order: Array | None = None
     num_present: Array | None = None
+    compact: bool = False
 
     @property
     def present(self) -> Array:
@@ -120,9 +123,7 @@ class Prepared:
 
     def unpack(self, x: Array) -> Array:
         """Per-token ``x`` (packed order) back in the caller's token order."""
-        if self.order is None:
-            return x
-        return jnp.zeros_like(x).at[self.order].set(x, unique_indices=True)
+        return x if self.order is None else unpack(x, self.order)
 
     def static(self, n: int | None = None, v: int | None = None) -> Static:
         """The static configuration for ``n`` tokens and ``v`` classes per device.
@@ -133,13 +134,22 @@ class Prepared:
         v = self.num_classes if v is None else v
         return Static(
             softcap=self.softcap,
-            blocks=block_sizes(
-                n, v, self.chunk_size, self.budget, self.num_present is not None
-            ),
+            blocks=block_sizes(n, v, self.chunk_size, self.budget, self.compact),
             need_sum=self.need_sum,
             reduction=self.reduction,
             weight_layout=self.weight_layout,
         )
+
+
+def packing_order(present: Array) -> Array:
+    """The permutation that puts the present tokens first, each group in its
+    order (a stable sort of a 0/1 key)."""
+    return jnp.argsort((~present).astype(jnp.int8), stable=True)
+
+
+def unpack(x: Array, order: Array) -> Array:
+    """``x`` of tokens permuted by ``order`` (`packing_order`) back in order."""
+    return jnp.zeros_like(x).at[order].set(x, unique_indices=True)
 
 
 def _check_softcap(softcap: object) -> float | None:
@@ -171,10 +181,12 @@ def prepare(
     weight_layout: object = "vd",
     memory_budget_bytes: object = None,
     compact: object = False,
+    pack: bool = True,
 ) -> Prepared:
     """Check the public arguments (trace time) and normalise them.
 
-    ``compact=True`` packs the present tokens to the front (`Prepared.order`).
+    ``compact=True`` packs the present tokens to the front (`Prepared.order`)
+    unless ``pack`` is False (on a mesh each device packs its own rows).
     """
     head = check_head(hidden, weight, labels, bias, where, weight_layout)
     hidden, weight, labels, bias = head.hidden, head.weight, head.labels, head.bias
@@ -201,8 +213,8 @@ def prepare(
     if not isinstance(compact, bool):
         raise TypeError(f"`compact` must be True or False, got {compact!r}.")
     order = count = None
-    if compact:  # present tokens first, in order (a stable sort of a 0/1 key)
-        order = jnp.argsort((~present).astype(jnp.int8), stable=True)
+    if compact and pack:  # present tokens first, in order
+        order = packing_order(present)
         hidden, labels, present = hidden[order], labels[order], present[order]
         if weights is not None and weights.ndim:
             weights = weights[order]
@@ -236,4 +248,5 @@ def prepare(
         budget=budget,
         order=order,
         num_present=count,
+        compact=compact,
     )

@@ -53,7 +53,7 @@ from ._blocks import (
     lse_from_stats,
 )
 from ._mesh import Layout, pad_rows
-from ._prepare import Prepared
+from ._prepare import Prepared, packing_order, unpack
 from ._recompute import token_losses
 
 
@@ -62,9 +62,28 @@ def _owned(ops: Operands, v_local: int) -> Array:
     return (ops.labels >= 0) & (ops.labels < v_local)
 
 
-def _local_stats(lay: Layout, st: Static, ops: Operands):
-    """Per-token ``(lse, z_y, sum_wz, w_y)`` of this device's rows, all classes."""
+def _pack(ops: Operands, present: Array, *rows: Array):
+    """This device's present tokens first (``compact=True``): the operands with
+    ``num_present`` (the token blocks after them are skipped), the per-token
+    ``rows`` permuted alike, and the permutation."""
+    order = packing_order(present)
+    count = jnp.sum(present, dtype=jnp.int32)
+    ops = ops._replace(
+        hidden=ops.hidden[order], labels=ops.labels[order], num_present=count
+    )
+    return ops, tuple(r[order] for r in rows), order
+
+
+def _local_stats(lay: Layout, st: Static, ops: Operands, *present: Array):
+    """Per-token ``(lse, z_y, sum_wz, w_y)`` of this device's rows, all classes.
+
+    With ``present`` (``compact=True``) only the token blocks that hold a
+    present token are computed; the others' statistics are finite and unused.
+    """
     ops = lay.localise(ops)
+    order = None
+    if present:
+        ops, _, order = _pack(ops, present[0])
     v_local = lay.classes(ops.weight)
     m, s, zy, sw = chunk_stats(ops, st, lay.real_classes(v_local))
     if lay.size(lay.vocab_axis) > 1:
@@ -80,12 +99,16 @@ def _local_stats(lay: Layout, st: Static, ops: Operands):
             _owned(ops, v_local), cw[jnp.clip(ops.labels, 0, v_local - 1)], 0
         )
     zy, sw, wy = (lay.psum_vocab(x) for x in (zy, sw, wy))
-    return lse, zy, sw, wy
+    out = (lse, zy, sw, wy)
+    return out if order is None else tuple(unpack(x, order) for x in out)
 
 
-def _local_grads(lay: Layout, st: Static, ops: Operands, lse, cts):
+def _local_grads(lay: Layout, st: Static, ops: Operands, lse, cts, *present: Array):
     """This device's share of the gradients; all-reduced to the input shardings."""
     ops = lay.localise(ops)
+    order = None
+    if present:  # absent tokens have zero cotangents: skipping them is exact
+        ops, (lse, *cts), order = _pack(ops, present[0], lse, *cts)
     h, w, b, _, cw, _ = ops
     g_lse, g_zy, g_sum, g_wy = cts
     cdt = lse.dtype
@@ -97,7 +120,8 @@ def _local_grads(lay: Layout, st: Static, ops: Operands, lse, cts):
         weight_grad_dtype=w.dtype if lay.batch_axis is None else cdt,
         limit=lay.real_classes(lay.classes(w)),
     )
-    dh = lay.psum_vocab(g.d_hidden).astype(h.dtype)
+    dh = g.d_hidden if order is None else unpack(g.d_hidden, order)
+    dh = lay.psum_vocab(dh).astype(h.dtype)
     dw = lay.psum_batch(g.d_weight).astype(w.dtype)
     db = g.d_bias
     if b is not None and db is not None:
@@ -113,41 +137,45 @@ def _local_grads(lay: Layout, st: Static, ops: Operands, lse, cts):
     return dh, dw, db, dcw
 
 
-def _stats_call(lay: Layout, st: Static, ops: Operands):
+def _stats_call(lay: Layout, st: Static, ops: Operands, present: Array | None):
     row = lay.row()
+    extra = () if present is None else (present,)
     fn = jax.shard_map(
         functools.partial(_local_stats, lay, st),
         mesh=lay.mesh,
-        in_specs=(lay.specs(ops),),
+        in_specs=(lay.specs(ops), *(row for _ in extra)),
         out_specs=(row, row, row, row),
         check_vma=False,
     )
-    return fn(ops)
+    return fn(ops, *extra)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _sharded_stats(lay: Layout, st: Static, ops: Operands):
-    return _stats_call(lay, st, ops)
+def _sharded_stats(lay: Layout, st: Static, ops: Operands, present: Array | None):
+    """Per-token statistics; ``present`` (or None): pack each device's rows."""
+    return _stats_call(lay, st, ops, present)
 
 
-def _sharded_stats_fwd(lay: Layout, st: Static, ops: Operands):
-    out = _stats_call(lay, st, ops)
-    return out, (ops, out[0])
+def _sharded_stats_fwd(lay: Layout, st: Static, ops: Operands, present):
+    out = _stats_call(lay, st, ops, present)
+    return out, (ops, out[0], present)
 
 
 def _sharded_stats_bwd(lay: Layout, st: Static, res, cts):
-    ops, lse = res
+    ops, lse, present = res
     row, specs = lay.row(), lay.specs(ops)
+    extra = () if present is None else (present,)
     fn = jax.shard_map(
         functools.partial(_local_grads, lay, st),
         mesh=lay.mesh,
-        in_specs=(specs, row, (row,) * 4),
+        in_specs=(specs, row, (row,) * 4, *(row for _ in extra)),
         out_specs=(specs.hidden, specs.weight, specs.bias, specs.class_weights),
         check_vma=False,
     )
     g = tuple(lay.place(x, row) for x in cts)
-    dh, dw, db, dcw = fn(ops, lse, g)
-    return (Operands._make((dh, dw, db, None, dcw, None)),)  # labels: no cotangent
+    dh, dw, db, dcw = fn(ops, lse, g, *extra)
+    # labels and the presence mask: no cotangent
+    return Operands._make((dh, dw, db, None, dcw, None)), None
 
 
 _sharded_stats.defvjp(_sharded_stats_fwd, _sharded_stats_bwd)
@@ -225,7 +253,8 @@ def vocab_parallel_loss(p: Prepared, lay: Layout) -> Array:
         lay.place(ops.labels, row),
         lay.place(ops.class_weights, vocab),
     )
-    out = cast(tuple[Array, ...], _sharded_stats(lay, st, ops))
+    present = lay.place(pad_rows(p.present, n_pad), row) if p.compact else None
+    out = cast(tuple[Array, ...], _sharded_stats(lay, st, ops, present))
     if n_pad == n:
         rows = functools.partial(lay.place, spec=row)
     else:  # drop the padded tokens (replicated: an uneven split is no layout)
