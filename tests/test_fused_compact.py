@@ -211,6 +211,28 @@ def test_compact_on_mesh_equals_single_device(kind, reduction):
     assert_tree_allclose(got, want, **TOL)
 
 
+@pytest.mark.parametrize("case", ["device_all_absent", "invalid_label"])
+def test_compact_on_mesh_edge_cases(case):
+    """Device b=0 holds rows 0-30 (N = 61 padded to 62): all absent there; or a
+    present label out of range: NaN, as without compact."""
+    h, w, b, y, cw, s = _data(8)
+    if case == "device_all_absent":
+        y = y.at[:31].set(-100)
+    else:
+        y = y.at[40].set(V + 3)
+    got = _value_and_grads(
+        h, w, b, y, cw, s, "mean", compact=True, **_axes("batch_vocab")
+    )
+    want = _value_and_grads(h, w, b, y, cw, s, "mean")
+    if case == "invalid_label":
+        assert np.isnan(float(got[0])) and np.isnan(float(want[0]))
+        got, want = got[1][0], want[1][0]  # d_hidden: NaN in that row only
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        assert np.isnan(got[40]).all() and not np.isnan(np.delete(got, 40, 0)).any()
+        got, want = jnp.nan_to_num(got), jnp.nan_to_num(want)
+    assert_tree_allclose(got, want, **TOL)
+
+
 def test_pack_is_per_device_and_counts_present_rows():
     ops = Operands(
         jnp.arange(6.0)[:, None], jnp.ones((4, 1)), None, jnp.arange(6), None

@@ -184,8 +184,10 @@ def linear_softmax_cross_entropy(
             (default): every token is computed and the absent ones masked.
             With ``mesh``, each device packs its own rows (inside
             ``shard_map``: no token moves between devices, no collective is
-            added) and skips its own blocks; the devices of one vocabulary
-            group hold the same rows, so they pack them alike. Under ``vmap``
+            added) and skips its own blocks (``N`` above is then a device's
+            rows: more than 256 are needed for two blocks); the devices of one
+            vocabulary group hold the same rows, so they pack them alike.
+            Under ``vmap``
             the loop runs to the largest count in the batch.
         mesh, batch_axis, vocab_axis: run vocabulary- / data-parallel under
             ``shard_map`` (Megatron-style); ``mesh=None`` runs on one device.

@@ -214,10 +214,10 @@ def linear_distillation_loss(
         normalizer: with a scalar reduction, ``sum(weights * L) / normalizer``.
         base: log base of the result (``None``: nats, ``2``: bits).
         chunk_size: classes per slice of the ``dW`` update (an integer >= 1;
-            None: 2048, clipped to ``V``; ``"auto"``: ``sqrt(B)`` classes
-            rounded down to a multiple of 128, ``B`` the element budget
-            below). The token chunks are automatic. Results do not depend on
-            it.
+            None: 2048, clipped to ``V``; ``"auto"``: ``sqrt(B / 2)`` classes
+            rounded down to a multiple of 128, ``B`` the element budget below,
+            which the two models share: 2816 by default). The token chunks are
+            automatic. Results do not depend on it.
         memory_budget_bytes: bytes for the logits blocks, an int >= 1; None:
             256 MiB. As in `jaxce.linear_softmax_cross_entropy`, the element
             budget is ``B = memory_budget_bytes // (4 * itemsize)`` of the
