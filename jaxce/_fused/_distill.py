@@ -107,15 +107,15 @@ def _on_mesh(lay: Layout, d, chunk, budget, student: Model, teacher: Model, pres
     nb, nv = lay.size(lay.batch_axis), lay.size(lay.vocab_axis)
     (n, _), v = student.hidden.shape, student.weight.shape[0]
     lay, n_pad, v_pad = lay.padded(n, v)
-    rows, vocab = P(lay.batch_axis, None), P(lay.vocab_axis)
+    vocab = P(lay.vocab_axis)
 
-    def put(m: Model) -> Model:
-        h = lay.place(pad_rows(m.hidden, n_pad), rows)
-        w = lay.place(pad_rows(m.weight, v_pad), P(lay.vocab_axis, None))
+    def put(m: Model) -> Model:  # weights (V, D): the "vd" layout
+        h = lay.place(pad_rows(m.hidden, n_pad), lay.hidden_spec())
+        w = lay.place(pad_rows(m.weight, v_pad), lay.weight_spec())
         b = None if m.bias is None else lay.place(pad_rows(m.bias, v_pad), vocab)
         return Model(h, w, b)
 
-    present = lay.place(pad_rows(present, n_pad), P(lay.batch_axis))
+    present = lay.place(pad_rows(present, n_pad), lay.row())
     blocks = block_sizes(n_pad // nb, v_pad // nv, chunk, _budget(budget))
     st = DistillStatic(d, blocks.token_path_chunk, blocks.chunk_size, lay)
     return put(student), put(teacher), present, st

@@ -187,7 +187,7 @@ def run_chunks(
     if lay is None:
         return distill_chunks(st, student, teacher, coef, present, want)
     row, vocab = lay.row(), P(lay.vocab_axis)
-    rows2, vocab2 = P(lay.batch_axis, None), P(lay.vocab_axis, None)
+    rows2, vocab2 = lay.hidden_spec(), lay.weight_spec()  # weights (V, D)
 
     def model_spec(m: Model) -> Model:
         return Model._make((rows2, vocab2, None if m.bias is None else vocab))

@@ -133,6 +133,10 @@ class Layout:
     def row(self) -> P:
         return P(self.batch_axis)
 
+    def hidden_spec(self) -> P:
+        """``hidden`` ``(N, D)`` split over the batch axis along its rows."""
+        return P(self.batch_axis, None)
+
     def weight_spec(self) -> P:
         """``weight`` split over the vocabulary axis along its class axis."""
         split = self.vocab_axis
@@ -143,12 +147,12 @@ class Layout:
         vocab = P(self.vocab_axis)
         opt = lambda x: None if x is None else vocab  # noqa: E731
         specs = (
-            P(self.batch_axis, None),
+            self.hidden_spec(),
             self.weight_spec(),
             opt(ops.bias),
             self.row(),
             opt(ops.class_weights),
-            None,  # num_present: compact=True is single-device
+            None,  # num_present: on a mesh each device counts its own rows
         )
         return Operands._make(specs)  # a spec tree shaped like the operands
 

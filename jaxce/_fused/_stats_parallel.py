@@ -49,7 +49,7 @@ def specs(lay: Layout, ops: StatOperands) -> StatOperands:
     """``shard_map`` specs of the operands (None for an absent bias)."""
     row = lay.row()
     bias = None if ops.bias is None else P(lay.vocab_axis)
-    specs = (P(lay.batch_axis, None), lay.weight_spec(), bias, row, row)
+    specs = (lay.hidden_spec(), lay.weight_spec(), bias, row, row)
     return StatOperands._make(specs)  # a spec tree shaped like the operands
 
 
