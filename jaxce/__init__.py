@@ -8,38 +8,36 @@ and Equinox models trained through Optax.
 import importlib.metadata
 
 from . import closed_form as closed_form, models as models
-from ._binary import (
-    binary_cross_entropy as binary_cross_entropy,
-    sigmoid_binary_cross_entropy as sigmoid_binary_cross_entropy,
-)
 from ._compare import (
     GradientReport as GradientReport,
     compare_gradients as compare_gradients,
 )
-from ._distillation import distillation_loss as distillation_loss
-from ._focal import (
+from ._fused import (
+    TokenStats as TokenStats,
+    linear_distillation_loss as linear_distillation_loss,
+    linear_softmax_cross_entropy as linear_softmax_cross_entropy,
+    linear_token_stats as linear_token_stats,
+)
+from ._losses._binary import (
+    binary_cross_entropy as binary_cross_entropy,
+    sigmoid_binary_cross_entropy as sigmoid_binary_cross_entropy,
+)
+from ._losses._distillation import distillation_loss as distillation_loss
+from ._losses._focal import (
     sigmoid_focal_loss as sigmoid_focal_loss,
     softmax_focal_loss as softmax_focal_loss,
 )
-from ._fused import (
-    linear_distillation_loss as linear_distillation_loss,
-    linear_softmax_cross_entropy as linear_softmax_cross_entropy,
-)
-from ._fused._token_stats import (
-    TokenStats as TokenStats,
-    linear_token_stats as linear_token_stats,
-)
-from ._information import (
+from ._losses._information import (
     cross_entropy as cross_entropy,
     entropy as entropy,
     kl_divergence as kl_divergence,
     perplexity as perplexity,
 )
-from ._probability import (
+from ._losses._probability import (
     categorical_cross_entropy as categorical_cross_entropy,
     sparse_categorical_cross_entropy as sparse_categorical_cross_entropy,
 )
-from ._softmax import (
+from ._losses._softmax import (
     softmax_cross_entropy as softmax_cross_entropy,
     sparse_softmax_cross_entropy as sparse_softmax_cross_entropy,
 )

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import jaxce
-import jaxce._fused._block_sizes as fused_blocks
+import jaxce._fused._engine._plan as fused_blocks
 from tests.helpers import REDUCTIONS, assert_finite, assert_tree_allclose
 
 KINDS = [("forward_kl", 0.5), ("reverse_kl", 0.5), ("jsd", 0.5), ("jsd", 0.2)]

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 import jaxce
-import jaxce._fused._block_sizes as fused_blocks
-from jaxce._fused._blocks import Blocks, Operands, Static
-from jaxce._fused._recompute import fused_stats
+import jaxce._fused._engine._plan as fused_blocks
+from jaxce._fused._ce_kernels import CEStat
+from jaxce._fused._engine import Blocks, Head, Tokens
+from jaxce._fused._engine._vjp import Static, _streamed
 from tests.helpers import assert_tree_allclose
 
 N, D, V = 37, 16, 300  # V = 4 * 64 + 44: ragged against chunk 64
@@ -139,12 +140,14 @@ def test_token_blocks_and_class_weight_grads(token_chunk):
     y = jnp.abs(y) % V
     t = jnp.linspace(-1.0, 1.0, N)
 
-    blocks = Blocks(chunk_size=CHUNK, token_chunk=token_chunk, token_path_chunk=N)
-    st = Static(softcap=3.0, blocks=blocks, need_sum=True, reduction="none")
+    blocks = Blocks(chunk_size=CHUNK, token_chunk=token_chunk, row_chunk=N)
+    st = Static(blocks, "vd", 3.0, None, False)
+    tokens = Tokens(y, jnp.ones((N,), bool))
 
     def fused(h, w, b, cw):
-        lse, zy, sw = fused_stats(st, Operands(h, w, b, y, cw))
-        return jnp.sum(1.3 * lse - 0.7 * zy + t * sw)
+        s = _streamed(CEStat(True, True), st, Head(h, w, b), (cw,), tokens)
+        lse, sw = s.m + s.log_s, s.sw + s.m * jnp.sum(cw)  # sw: sum_c w_c (z_c - m)
+        return jnp.sum(1.3 * lse - 0.7 * s.z_y + t * sw)
 
     def ref(h, w, b, cw):
         z = 3.0 * jnp.tanh((h @ w.T + b[None, :]) / 3.0)

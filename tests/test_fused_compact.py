@@ -17,11 +17,12 @@ import pytest
 from jax.sharding import Mesh
 
 import jaxce
-import jaxce._fused._block_sizes as fused_blocks
-from jaxce._fused._block_sizes import block_sizes
-from jaxce._fused._blocks import Operands, token_blocks
-from jaxce._fused._vocab_parallel import _pack
-from tests.helpers import assert_tree_allclose
+import jaxce._fused._engine._plan as fused_blocks
+from jaxce._fused._engine import Head, Tokens
+from jaxce._fused._engine._kernels import token_blocks
+from jaxce._fused._engine._plan import block_sizes
+from jaxce._fused._engine._vjp import Static, _local
+from tests.helpers import assert_tree_allclose, jit_call
 from tests.test_sharded import collectives
 
 N, D, V = 61, 8, 70
@@ -48,9 +49,7 @@ def _data(seed=0, absent=0.5):
     return h, w, b, y, cw, s
 
 
-def _value_and_grads(h, w, b, y, cw, s, reduction, **kw):
-    """Value and gradients w.r.t. hidden, weight, bias, class and sample weights."""
-
+def _vg(h, w, b, y, cw, s, *, reduction, **kw):
     def scalar(h, w, b, cw, s):
         out = jaxce.linear_softmax_cross_entropy(
             h, w, y, bias=b, class_weights=cw, weights=s, reduction=reduction,
@@ -59,6 +58,19 @@ def _value_and_grads(h, w, b, y, cw, s, reduction, **kw):
         return jnp.sum(out * jnp.linspace(0.5, 1.5, N)) if reduction == "none" else out
 
     return jax.value_and_grad(scalar, argnums=(0, 1, 2, 3, 4))(h, w, b, cw, s)
+
+
+def _value_and_grads(h, w, b, y, cw, s, reduction, **kw):
+    """Value and gradients w.r.t. hidden, weight, bias, class and sample weights.
+
+    On a mesh compiled once per configuration (every test here runs under the
+    same block sizes: the autouse fixture); eager ``shard_map`` on 8 devices
+    costs ~8x the compilation. On one device eager (its small programs are
+    cached across the tests' configurations, cheaper than compiling each).
+    """
+    if kw.get("mesh") is None:
+        return _vg(h, w, b, y, cw, s, reduction=reduction, **kw)
+    return jit_call(_vg, h, w, b, y, cw, s, reduction=reduction, **kw)
 
 
 OPTIONS = {
@@ -234,16 +246,17 @@ def test_compact_on_mesh_edge_cases(case):
 
 
 def test_pack_is_per_device_and_counts_present_rows():
-    ops = Operands(
-        jnp.arange(6.0)[:, None], jnp.ones((4, 1)), None, jnp.arange(6), None
-    )
+    head = Head(jnp.arange(6.0)[:, None], jnp.ones((4, 1)), None)
     present = jnp.array([False, True, False, True, True, False])
-    packed, (row,), order = _pack(ops, present, jnp.arange(6) * 10)
-    np.testing.assert_array_equal(order, [1, 3, 4, 0, 2, 5])  # stable
-    np.testing.assert_array_equal(packed.hidden[:, 0], [1, 3, 4, 0, 2, 5])
-    np.testing.assert_array_equal(packed.labels, [1, 3, 4, 0, 2, 5])
+    st = Static(block_sizes(6, 4), "vd", None, None, True)
+    loc = _local(st, head, Tokens(jnp.arange(6), present))
+    np.testing.assert_array_equal(loc.order, [1, 3, 4, 0, 2, 5])  # stable
+    np.testing.assert_array_equal(loc.pack(head.hidden)[:, 0], [1, 3, 4, 0, 2, 5])
+    np.testing.assert_array_equal(loc.pack(loc.labels), [1, 3, 4, 0, 2, 5])
+    row = loc.pack(jnp.arange(6) * 10)
     np.testing.assert_array_equal(row, [10, 30, 40, 0, 20, 50])
-    assert int(packed.num_present) == 3
+    np.testing.assert_array_equal(loc.unpack(row), jnp.arange(6) * 10)
+    assert int(loc.count) == 3
 
 
 def test_compact_on_mesh_packs_without_moving_rows_between_devices():

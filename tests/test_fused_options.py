@@ -10,7 +10,8 @@ import pytest
 from jax.sharding import Mesh
 
 import jaxce
-from jaxce._fused._block_sizes import BLOCK_ELEMENTS, block_sizes, budget_elements
+from jaxce._fused._engine._plan import BLOCK_ELEMENTS, block_sizes, budget_elements
+from jaxce._fused._engine import prepare_call
 from tests.helpers import assert_tree_allclose
 
 N, D, V = 29, 8, 70
@@ -214,11 +215,7 @@ def test_dv_layout_closed_form_and_errors():
             weight_layout="DV",  # pyright: ignore[reportArgumentType]
         )
     with pytest.raises(ValueError, match="weight_layout"):
-        jaxce._fused.prepare(
-            h, w, y, bias=None, class_weights=None, ignore_index=None,
-            label_smoothing=0.0, z_loss=0.0, softcap=None, where=None,
-            reduction="mean", chunk_size=None, weight_layout="DV",
-        )  # fmt: skip
+        prepare_call(h, w, y, weight_layout="DV")
     with pytest.raises(ValueError, match="features, vocab"):
         jaxce.linear_softmax_cross_entropy(h, w, y, weight_layout="dv")
 

@@ -23,7 +23,7 @@ MAX_LINES = 400  # every file is under this
 class Import:
     """One import statement of module ``source`` that names a module of the package."""
 
-    source: str  # the importing module, e.g. "jaxce._softmax"
+    source: str  # the importing module, e.g. "jaxce._losses._softmax"
     named: tuple[str, ...]  # what it names: `import a.b` -> a.b, `from m import x` -> m
     targets: tuple[str, ...]  # the package's modules it needs run (graph edges)
     line: int

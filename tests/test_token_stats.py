@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import jaxce
-import jaxce._fused._block_sizes as fused_blocks
+import jaxce._fused._engine._plan as fused_blocks
 from tests.helpers import assert_finite, assert_tree_allclose
 
 N, D, V = 37, 16, 300  # V = 4 * 64 + 44: ragged against chunk 64

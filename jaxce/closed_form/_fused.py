@@ -18,7 +18,11 @@ from __future__ import annotations
 from jaxtyping import Array
 
 from .. import _fused as fused
-from .._fused import Want, coefficients, prepare, token_chunk_grads
+from .._core import make_reducer
+from .._fused._ce_kernels import CERows
+from .._fused._cross_entropy import ce_coefficients, ce_params
+from .._fused._engine import Vocab, prepare_call
+from .._fused._engine._rows import Want, row_pass
 from ._arguments import same_arguments
 
 
@@ -92,11 +96,22 @@ def linear_softmax_cross_entropy(
             "closed_form.linear_softmax_cross_entropy runs on one device: `mesh`, "
             "`batch_axis` and `vocab_axis` must be None."
         )
-    p = prepare(hidden, weight, labels, **options)
-    ops = p.operands()
-    cf = coefficients(p.reducer, ops, p.eps(), p.lam(), p.invalid, p.weight_layout)
-    g = token_chunk_grads(ops, cf, p.static(), Want(d_hidden=True, d_weight=True))
-    assert g.d_hidden is not None and g.d_weight is not None
-    db = None if g.d_bias is None or p.bias is None else g.d_bias.astype(p.bias.dtype)
-    dh = p.unpack(g.d_hidden.astype(p.hidden.dtype))
-    return dh, g.d_weight.astype(p.weight.dtype), db
+    opts = dict(options)
+    ce = {k: opts.pop(k) for k in ("class_weights", "label_smoothing", "z_loss")}
+    red = {k: opts.pop(k) for k in ("weights", "normalizer", "reduction")}
+    call = prepare_call(hidden, weight, labels, **opts)
+    params = ce_params(call, **ce)
+    reducer = make_reducer(
+        call.present, call.dtype, call.head.hidden.dtype, base=None, **red
+    )
+    coef = ce_coefficients(call, reducer, params)
+    head = call.head
+    out = row_pass(
+        CERows(call.num_classes), call.plan(), head, (), params, call.labels,
+        call.present, (), coef, Want(bias=head.bias is not None, params=False),
+        weight_layout=call.weight_layout, softcap=call.softcap, vocab=Vocab(),
+    )  # fmt: skip
+    assert out.grads is not None
+    dh, dw, db = out.grads
+    db = None if db is None or head.bias is None else db.astype(head.bias.dtype)
+    return dh.astype(head.hidden.dtype), dw.astype(head.weight.dtype), db

@@ -26,7 +26,7 @@ from .._core import (
     nan_where,
     out_of_range,
 )
-from .._fused._token_stats import check_softcap, check_temperature
+from .._fused._engine import check_softcap, check_temperature
 
 
 def token_stats_logits_grad(

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import jaxce
-from jaxce._distillation import check_divergence, divergence_and_grad
+from jaxce._losses._distillation import check_divergence, divergence_and_grad
 from tests.helpers import assert_tree_allclose
 from tests.test_distillation import KINDS, TOL, _fused_data, _logits
 

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, Real
 
-from ._core import (
+from .._core import (
     Categorical,
     Elementwise,
     IndexLike,
@@ -15,11 +15,12 @@ from ._core import (
     ScalarLike,
     check_nonneg,
     check_range,
+    focal_factor,
     log_sigmoid_pair,
     power_from_log,
     prepare_elementwise,
-    safe_log,
     safe_xlogy,
+    shifted_log_softmax,
 )
 from ._softmax import prepare_logits
 
@@ -123,14 +124,9 @@ def sigmoid_focal_loss(
     y = b.y
     log_p, log_not_p = log_sigmoid_pair(b.x)
     ce = -(safe_xlogy(y, log_p) + safe_xlogy(1 - y, log_not_p))
-    # log(1 - p_t) = log(y sigmoid(-z) + (1 - y) sigmoid(z)), in log space. The
-    # terms are floored at -1e30 (not -inf) so logaddexp's gradient stays finite.
-    floor = jnp.asarray(-1e30, b.dtype)
-    log_one_minus_pt = jnp.logaddexp(
-        jnp.maximum(safe_log(y) + log_not_p, floor),
-        jnp.maximum(safe_log(1 - y) + log_p, floor),
-    )
-    loss = power_from_log(log_one_minus_pt, gamma) * ce
+    # (1 - p_t)^gamma from log(1 - p_t) = log(y sigmoid(-z) + (1 - y) sigmoid(z)),
+    # with the exact derivative in the label (linear in y inside the log).
+    loss = focal_factor(y, log_p, log_not_p, gamma) * ce
     return b.reduce(loss if alpha_t is None else alpha_t * loss)
 
 
@@ -200,12 +196,14 @@ def softmax_focal_loss(
         normalizer=normalizer,
         class_weights=None,
     )  # fmt: skip
-    lse = jax.nn.logsumexp(z, axis=-1)
-    logp_y = c.take(z) - lse
-    # log(1 - p_y) = logsumexp over the other classes - lse (no cancellation).
-    z_other = jnp.where(c.is_label(), -jnp.inf, z)
+    shifted, log_norm = shifted_log_softmax(z)
+    logp_y = c.take(shifted) - log_norm
+    # log(1 - p_y) = logsumexp over the other classes - lse (no cancellation),
+    # both after the row maximum is subtracted.
+    z_other = jnp.where(c.is_label(), -jnp.inf, shifted)
     has_other = jnp.any(z_other > -jnp.inf, axis=-1)
     z_other = jnp.where(has_other[..., None], z_other, jnp.zeros((), c.dtype))
-    log_rest = jnp.where(has_other, jax.nn.logsumexp(z_other, axis=-1) - lse, -jnp.inf)
+    log_rest = jax.nn.logsumexp(z_other, axis=-1) - log_norm
+    log_rest = jnp.where(has_other, log_rest, -jnp.inf)
     loss = -power_from_log(log_rest, gamma) * logp_y
     return c.reduce(loss if alpha_y is None else alpha_y * loss)

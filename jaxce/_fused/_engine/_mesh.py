@@ -1,16 +1,17 @@
-"""Where a sharded fused call's arrays live: the mesh, its axes, padding.
+"""Where a sharded fused call's arrays live: the mesh, its axes, padding, and
+the one ``shard_map`` of the engine.
 
 `check_layout` checks ``mesh`` / ``batch_axis`` / ``vocab_axis`` and returns a
 `Layout` (hashable: a ``custom_vjp`` nondiff argument) with the collectives and
-index arithmetic of the vocabulary-parallel kernels (`._vocab_parallel`,
-`._stats_parallel`, `._distill_chunks`) and the padding of sizes the mesh does
-not divide (`Layout.padded`, `pad_rows`, `Layout.unpad`).
+index arithmetic of the vocabulary-parallel walks, the padding of sizes the
+mesh does not divide (`Layout.padded`, `pad_rows`, `Layout.unpad`) and
+`Layout.run`, the engine's only ``shard_map``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -19,23 +20,7 @@ from jax import lax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 from jaxtyping import Array
 
-from ._blocks import Operands, class_axis
-
-
-@runtime_checkable
-class _Labelled(Protocol):
-    """Operands with a ``weight`` and ``labels`` (`Operands`, `StatOperands`)."""
-
-    @property
-    def weight(self) -> Array: ...
-
-    @property
-    def labels(self) -> Array: ...
-
-    def _replace(self, **kwargs: Any) -> Any: ...
-
-
-T = TypeVar("T", bound=_Labelled)
+from ._kernels import class_axis
 
 AxisName = str | tuple[str, ...] | None
 
@@ -84,13 +69,6 @@ class Layout:
     def psum_vocab(self, x):
         return lax.psum(x, self.vocab_axis) if self.size(self.vocab_axis) > 1 else x
 
-    def max_vocab(self, m: Array) -> tuple[Array, Array]:
-        """``(M, M0)``: ``M`` the ``pmax`` of ``m`` over the vocabulary axis,
-        ``M0`` the same with a ``-inf`` (no class left anywhere) as 0, the
-        shift that keeps ``exp(m - M0)`` free of NaN."""
-        big = lax.pmax(m, self.vocab_axis)
-        return big, jnp.where(jnp.isfinite(big), big, 0)
-
     def psum_batch(self, x):
         return lax.psum(x, self.batch_axis) if self.size(self.batch_axis) > 1 else x
 
@@ -101,12 +79,10 @@ class Layout:
             index = index * self.mesh.shape[a] + lax.axis_index(a)
         return index * v_local
 
-    def localise(self, ops: T) -> T:
-        """Operands (a NamedTuple with ``weight`` and ``labels``) with labels
-        relative to this device's vocabulary block (inside ``shard_map``)."""
-        y = ops.labels
-        offset = self.vocab_offset(self.classes(ops.weight))
-        return ops._replace(labels=y - jnp.asarray(offset, y.dtype))
+    def localise(self, labels: Array, v_local: int) -> Array:
+        """Labels relative to this device's vocabulary block (inside
+        ``shard_map``)."""
+        return labels - jnp.asarray(self.vocab_offset(v_local), labels.dtype)
 
     def real_classes(self, v_local: int):
         """Real (not padding) classes of this device's block; None: all of them."""
@@ -130,6 +106,20 @@ class Layout:
         """
         return x if x.shape[0] == n else self.place(x, P())[:n]
 
+    def rows(self, x):
+        """A per-token ``x`` placed like the engine's unpadded results: split
+        over the batch axis when it divides ``N``, else as it is."""
+        if x is None or x.shape[0] % self.size(self.batch_axis):
+            return x
+        return self.place(x, self.row())
+
+    def per_class(self, x):
+        """A per-class ``x`` placed like the engine's vocabulary split (when
+        the vocabulary axis divides ``V``), so its gradient is split alike."""
+        if x is None or x.shape[0] % self.size(self.vocab_axis):
+            return x
+        return self.place(x, self.vocab_spec())
+
     def row(self) -> P:
         return P(self.batch_axis)
 
@@ -142,19 +132,9 @@ class Layout:
         split = self.vocab_axis
         return P(split, None) if self.weight_layout == "vd" else P(None, split)
 
-    def specs(self, ops: Operands) -> Operands:
-        """``shard_map`` specs of the operands (None for absent ones)."""
-        vocab = P(self.vocab_axis)
-        opt = lambda x: None if x is None else vocab  # noqa: E731
-        specs = (
-            self.hidden_spec(),
-            self.weight_spec(),
-            opt(ops.bias),
-            self.row(),
-            opt(ops.class_weights),
-            None,  # num_present: on a mesh each device counts its own rows
-        )
-        return Operands._make(specs)  # a spec tree shaped like the operands
+    def vocab_spec(self) -> P:
+        """A per-class ``(V,)`` array split over the vocabulary axis."""
+        return P(self.vocab_axis)
 
     def place(self, x, spec):
         """Reshard ``x`` onto ``spec`` on meshes with explicit axis types.
@@ -166,6 +146,14 @@ class Layout:
         if all(t == AxisType.Explicit for t in self.mesh.axis_types):
             return jax.sharding.reshard(x, NamedSharding(self.mesh, spec))
         return x
+
+    def run(self, fn: Callable, args: tuple, in_specs: tuple, out_specs):
+        """``fn(*args)`` under ``jax.shard_map`` on this mesh: the engine's one
+        ``shard_map`` (spec trees shaped like ``args`` and the result)."""
+        mapped = jax.shard_map(
+            fn, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False
+        )
+        return mapped(*args)
 
 
 def check_layout(mesh: object, batch_axis: AxisName, vocab_axis: AxisName) -> Layout:
@@ -206,3 +194,43 @@ def pad_rows(x: Array, rows: int, axis: int = 0) -> Array:
     widths = [(0, 0)] * x.ndim
     widths[axis] = (0, rows - x.shape[axis])
     return jnp.pad(x, widths)
+
+
+@dataclasses.dataclass(frozen=True)
+class Vocab:
+    """The vocabulary axis as a walk sees it: the collectives over the shards
+    of the vocabulary (identities on one device) and this shard's first class.
+
+    Build inside ``shard_map`` (``offset`` may be traced).
+    """
+
+    lay: Layout | None = None
+    offset: object = 0
+
+    @property
+    def sharded(self) -> bool:
+        return self.lay is not None and self.lay.size(self.lay.vocab_axis) > 1
+
+    def psum(self, x):
+        return lax.psum(x, self.lay.vocab_axis) if self.sharded else x  # type: ignore[union-attr]
+
+    def pmax(self, x):
+        return lax.pmax(x, self.lay.vocab_axis) if self.sharded else x  # type: ignore[union-attr]
+
+    def pmin(self, x):
+        return lax.pmin(x, self.lay.vocab_axis) if self.sharded else x  # type: ignore[union-attr]
+
+    def max(self, m: Array) -> tuple[Array, Array]:
+        """``(M, M0)``: ``M`` the max of ``m`` over the shards, ``M0`` the same
+        with a ``-inf`` (no class left anywhere) as 0, the shift that keeps
+        ``exp(m - M0)`` free of NaN."""
+        big = self.pmax(m)
+        return big, jnp.where(jnp.isfinite(big), big, 0)
+
+    def log_softmax(self, z: Array) -> Array:
+        """``log_softmax`` of ``(T, C)`` rows over every shard's classes."""
+        if not self.sharded:
+            return jax.nn.log_softmax(z, axis=-1)
+        _, m = self.max(jnp.max(z, axis=-1))
+        s = self.psum(jnp.sum(jnp.exp(z - m[:, None]), axis=-1))
+        return z - (m + jnp.log(s))[:, None]

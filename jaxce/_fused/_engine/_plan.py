@@ -1,8 +1,10 @@
-"""Block sizes of the fused kernels, all from one element budget.
+"""The one block planner of the fused engine: every block from one element budget.
 
-`block_sizes` derives every block of one call (vocabulary blocks, the token
-path's full-vocabulary chunk) from `BLOCK_ELEMENTS` or a byte budget
-(`budget_elements`); the constants are read at call time.
+`block_sizes` derives every block of one call (vocabulary blocks, the
+full-vocabulary row chunk) from `BLOCK_ELEMENTS` or a byte budget
+(`budget_elements`); the constants are read at call time. A head that forms
+``k`` logits blocks at once (distillation: student and teacher) plans with
+``heads=k``: they share the budget.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Literal
 
 import jax.numpy as jnp
 
-from .._core import check_positive_int
+from ..._core import check_positive_int
 
 BLOCK_ELEMENTS = 1 << 24
 """The one logits-block budget: 16 Mi elements (64 MiB in float32)."""
@@ -65,7 +67,7 @@ class Blocks:
 
     chunk_size: int  # classes per vocabulary block
     token_chunk: int  # tokens per vocabulary block (statistics, recompute)
-    token_path_chunk: int  # tokens per full-vocabulary chunk of the token path
+    row_chunk: int  # tokens per full-vocabulary chunk (the row pass)
 
 
 def token_chunk_for(n: int, v: int, budget: int | None = None) -> int:
@@ -76,6 +78,8 @@ def token_chunk_for(n: int, v: int, budget: int | None = None) -> int:
     multiple of 8 where that fits.
     """
     budget = BLOCK_ELEMENTS if budget is None else budget
+    if n == 0:
+        return 1
     t_max = max(1, min(n, budget // max(v, 1)))
     chunks = -(-n // t_max)
     t = -(-n // chunks)
@@ -89,6 +93,7 @@ def block_sizes(
     chunk_size: int | str | None = None,
     budget: int | None = None,
     compact: bool = False,
+    heads: int = 1,
 ) -> Blocks:
     """Every block size for ``n`` tokens and a vocabulary (slice) of ``v`` classes.
 
@@ -109,9 +114,11 @@ def block_sizes(
       rounded down to a multiple of 128 (at least 128, at most ``v``);
     - ``compact`` (present tokens packed to the front, the blocks after them
       skipped): a vocabulary block has at most ``ceil(n / 8)`` tokens (at least
-      256), so that skipping has blocks to skip.
+      256), so that skipping has blocks to skip;
+    - ``heads`` logits blocks formed at once share the budget: each gets
+      ``B // heads``.
     """
-    budget = BLOCK_ELEMENTS if budget is None else budget
+    budget = max(1, (BLOCK_ELEMENTS if budget is None else budget) // heads)
     if chunk_size == "auto":
         root = math.isqrt(budget) // MIN_AUTO_CHUNK * MIN_AUTO_CHUNK
         chunk_size = max(MIN_AUTO_CHUNK, root)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float, Real
 
-from ._core import (
+from .._core import (
     Number,
     Reduction,
     ScalarLike,

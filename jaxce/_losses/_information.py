@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
-from ._core import (
+from .._core import (
     IndexLike,
     Number,
     as_float_input,

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, Real
 
-from ._core import (
+from .._core import (
     Categorical,
     IndexLike,
     Number,
@@ -15,6 +15,7 @@ from ._core import (
     check_nonneg,
     is_static_zero,
     prepare_categorical,
+    shifted_log_softmax,
 )
 
 
@@ -51,7 +52,13 @@ def softmax_cross_entropy(
 
     $$L = -\sum_c w_c\, t_c \log \operatorname{softmax}(z)_c$$
 
-    computed with `jax.nn.log_softmax`. For ``reduction="mean"`` an element weighs
+    computed in log space after subtracting the row maximum (exact to a few
+    ulps of the loss at any logit offset, as `sparse_softmax_cross_entropy`).
+    The gradient with respect to the targets is $-w_c \log
+    \operatorname{softmax}(z)_c$ (times the smoothing's $1 - \varepsilon$ and the
+    reduction's coefficient), also where $t_c = 0$; where $t_c = 0$ and the
+    logit is ``-inf`` (no derivative exists: the loss jumps to $+\infty$ for any
+    $t_c > 0$) it is 0. For ``reduction="mean"`` an element weighs
     ``weights * sum_c w_c t_c`` (unsmoothed $t$): for one-hot targets that is
     PyTorch's ``weight[target]`` denominator, so the one-hot result equals
     `sparse_softmax_cross_entropy`. PyTorch's probability-target
@@ -100,7 +107,8 @@ def softmax_cross_entropy(
         weights=weights, reduction=reduction, base=base,
         normalizer=normalizer,
     )  # fmt: skip
-    return c.reduce(*c.dense_nll(jax.nn.log_softmax(z, axis=-1)))
+    shifted, log_norm = shifted_log_softmax(z)
+    return c.reduce(*c.dense_nll(shifted - log_norm[..., None]))
 
 
 def sparse_softmax_cross_entropy(
@@ -138,7 +146,10 @@ def sparse_softmax_cross_entropy(
     NaN rather than picking a wrapped class; `jaxce.validate` turns it into an
     error.
 
-    Without smoothing the softmax is never materialised (``lse - z_y``, as optax).
+    Without smoothing the softmax is never materialised. ``lse - z_y`` is formed
+    as $\log\sum_c e^{z_c - m} - (z_y - m)$ with $m = \max_c z_c$, so it is
+    exact to a few ulps of the loss at any logit offset (``logsumexp(z) - z_y``
+    would lose ulps of $|z|$: ``[1e5, 1e5 - 1, 0]`` gives 0.31326, not 0.3125).
     ``-inf`` logits on non-target classes give a finite loss and gradient.
 
     Args:
@@ -182,8 +193,13 @@ def sparse_softmax_cross_entropy(
         weights=weights, reduction=reduction, base=base,
         normalizer=normalizer,
     )  # fmt: skip
-    lse = jax.nn.logsumexp(z, axis=-1)
-    loss, denom = c.sparse_nll(c.take(z) - lse, lambda: z - lse[..., None])
+    # Differences of logits after the row maximum m is subtracted: lse - z_y
+    # as log_norm - (z_y - m) (logsumexp(z) - z_y loses |z| ulps).
+    shifted, log_norm = shifted_log_softmax(z)
+    loss, denom = c.sparse_nll(
+        c.take(shifted) - log_norm, lambda: shifted - log_norm[..., None]
+    )
     if not is_static_zero(z_loss):
+        lse = jax.nn.logsumexp(z, axis=-1)
         loss = loss + jnp.asarray(z_loss, c.dtype) * jnp.square(lse)
     return c.reduce(loss, denom)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, ArrayLike, Bool, Float
 
-from ._core import (
+from .._core import (
     Number,
     Reduction,
     ScalarLike,
