@@ -8,7 +8,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike
 
-from ._core import normalize_axis
+from ._core import check_normalizer, normalize_axis
 
 Kind = Literal["logits", "probs", "binary_logits", "binary_probs"]
 KINDS = ("logits", "probs", "binary_logits", "binary_probs")
@@ -22,7 +22,8 @@ def validate(
     axis: int = -1,
     ignore_index: int | None = None,
     atol: float = 1e-3,
-) -> Array | tuple[Array, Array]:
+    normalizer: ArrayLike | None = None,
+) -> Array | tuple[Array, ...]:
     r"""Check the values of a loss's inputs at run time; pass them through.
 
     Shapes and dtypes are checked at trace time by every loss. What only exists
@@ -35,7 +36,10 @@ def validate(
       ``kind="binary_probs"``: values in $[0, 1]$;
     - integer ``labels``: in ``[0, num_classes)`` or equal to ``ignore_index``;
     - float ``labels`` (targets, binary labels): no NaN, values in $[0, 1]$;
-      categorical targets also sum to 1 along ``axis``.
+      categorical targets also sum to 1 along ``axis``;
+    - ``normalizer``: finite and $> 0$ (a loss checks a Python number or a
+      concrete array itself, at trace time; a traced one, e.g. a microbatch
+      total computed inside `jax.jit`, only here).
 
     Args:
         inputs: logits or probabilities, as passed to a loss.
@@ -44,10 +48,12 @@ def validate(
         axis: the class axis (categorical kinds).
         ignore_index: label value allowed outside the class range.
         atol: tolerance for "sums to 1".
+        normalizer: the ``normalizer`` a loss will be given, or ``None``.
 
     Returns:
-        ``inputs`` (and ``labels`` when given), unchanged but tied to the checks:
-        use the returned arrays.
+        ``inputs``, then ``labels`` and ``normalizer`` when given (one array for
+        ``inputs`` alone, else a tuple in that order), unchanged but tied to the
+        checks: use the returned arrays.
 
     Examples:
         >>> import jax.numpy as jnp, jaxce
@@ -56,6 +62,21 @@ def validate(
         Traceback (most recent call last):
         ...
         EquinoxRuntimeError: ...`labels` out of range: ... [0, 3)...
+
+        A traced ``normalizer`` (e.g. a microbatch's total weight):
+
+        >>> import equinox as eqx
+        >>> @eqx.filter_jit
+        ... def loss(z, y, total):
+        ...     z, y, total = jaxce.validate(z, y, normalizer=total)
+        ...     return jaxce.sparse_softmax_cross_entropy(z, y, normalizer=total)
+        >>> z, y = jnp.zeros((2, 3)), jnp.array([0, 2])
+        >>> print(loss(z, y, jnp.asarray(4.0)))
+        0.54931
+        >>> loss(z, y, jnp.asarray(0.0))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        EquinoxRuntimeError: ...`normalizer` must be finite and > 0...
     """
     if kind not in KINDS:
         raise ValueError(f"`kind` must be one of {KINDS}, got {kind!r}.")
@@ -72,21 +93,30 @@ def validate(
         x = eqx.error_if(
             x, jnp.any(bad), f"`inputs` rows do not sum to 1 along axis {axis}."
         )
-    if labels is None:
-        return x
-    y = jnp.asarray(labels)
+    out = [x]
+    if labels is not None:
+        out.append(
+            _check_labels(x, jnp.asarray(labels), binary, axis, ignore_index, atol)
+        )
+    if normalizer is not None:
+        out.append(_check_normalizer(normalizer))
+    return out[0] if len(out) == 1 else tuple(out)
+
+
+def _check_labels(
+    x: Array, y: Array, binary: bool, axis: int, ignore_index: int | None, atol: float
+) -> Array:
     if jnp.issubdtype(y.dtype, jnp.integer) and not binary:
         k = x.shape[normalize_axis(axis, x.ndim, "inputs")]
         ok = (y >= 0) & (y < k)
         if ignore_index is not None:
             ok = ok | (y == ignore_index)
         allowed = "" if ignore_index is None else f" or equal {ignore_index}"
-        y = eqx.error_if(
+        return eqx.error_if(
             y,
             jnp.any(~ok),
             f"`labels` out of range: every label must be in [0, {k}){allowed}.",
         )
-        return x, y
     yf = y.astype(jnp.float32) if not jnp.issubdtype(y.dtype, jnp.floating) else y
     y = eqx.error_if(y, jnp.any(jnp.isnan(yf)), "`labels` contain NaN.")
     y = eqx.error_if(y, jnp.any((yf < 0) | (yf > 1)), "`labels` outside [0, 1].")
@@ -96,4 +126,13 @@ def validate(
         y = eqx.error_if(
             y, jnp.any(bad), f"`labels` targets do not sum to 1 along axis {axis}."
         )
-    return x, y
+    return y
+
+
+def _check_normalizer(normalizer: ArrayLike) -> Array:
+    """The dtype and shape at trace time (`check_normalizer`), the value here."""
+    check_normalizer(normalizer, "sum")
+    z = jnp.asarray(normalizer)
+    zf = z.astype(jnp.float32) if not jnp.issubdtype(z.dtype, jnp.floating) else z
+    bad = ~(jnp.isfinite(zf) & (zf > 0))
+    return eqx.error_if(z, bad, "`normalizer` must be finite and > 0.")

@@ -11,6 +11,7 @@ from helpers import assert_tree_allclose
 from losses import Loss, each
 
 import jaxce
+from jaxce._core import check_normalizer
 
 SCALAR = ("sum", "mean", "sum_over_batch_size")
 
@@ -32,19 +33,70 @@ def test_normalizer_divides_the_weighted_sum(loss: Loss, reduction: str):
     assert_tree_allclose(closed, auto, rtol=1e-5, atol=1e-6)
 
 
+BAD_NORMALIZERS = [
+    (0.0, ValueError, "must be finite and > 0"),  # zero
+    (-2, ValueError, "must be finite and > 0"),  # negative
+    (float("inf"), ValueError, "must be finite and > 0"),  # inf
+    (np.float32(np.nan), ValueError, "must be finite and > 0"),  # nan
+    (True, TypeError, "must be a finite real number"),  # bool
+    (np.bool_(True), TypeError, "must be a finite real number"),  # numpy-bool
+    (jnp.array(True), TypeError, "must be a finite real number"),  # bool-array
+    ("6", TypeError, "must be a finite real number"),  # string
+    (2 + 1j, TypeError, "must be a finite real number"),  # complex
+    (jnp.array(2 + 0j), TypeError, "must be a finite real number"),
+    (jnp.ones(2, jnp.float32), ValueError, "must be a scalar"),  # shape
+]
+IDS = ["zero", "negative", "inf", "nan", "bool", "numpy-bool", "bool-array",
+       "string", "complex", "complex-array", "shape"]  # fmt: skip
+
+
 @each()
 def test_normalizer_checks(loss: Loss):
     x, y, options = loss.example()
     with pytest.raises(ValueError, match="`normalizer` divides a summed loss"):
         loss.fn(x, y, **options, reduction="none", normalizer=2.0)
-    with pytest.raises(ValueError, match="`normalizer` must be > 0"):
-        loss.fn(x, y, **options, normalizer=0.0)
-    with pytest.raises(ValueError, match="`normalizer` must be a scalar"):
-        loss.fn(x, y, **options, normalizer=jnp.ones(2, jnp.float32))
-    # a traced normalizer is taken as it is
+    for value, error, match in BAD_NORMALIZERS:
+        for fn in (loss.fn, loss.closed_form):
+            # (in the tests jaxtyping may refuse a wrong type first, naming
+            # the parameter too; the message itself is checked below)
+            with pytest.raises(error, match="normalizer"):
+                fn(x, y, **options, normalizer=value)
+    # a traced normalizer is taken as it is (jaxce.validate checks its value)
     value = jax.jit(lambda n: loss.fn(x, y, **options, normalizer=n))(2.0)
     summed = loss.fn(x, y, **options, reduction="sum")
     np.testing.assert_allclose(value, summed / 2.0, rtol=1e-6)
+    # integer numbers and arrays are real numbers
+    for n in (2, np.int32(2), jnp.asarray(2)):
+        np.testing.assert_allclose(
+            loss.fn(x, y, **options, normalizer=n), summed / 2.0, rtol=1e-6
+        )
+
+
+@pytest.mark.parametrize("value, error, match", BAD_NORMALIZERS, ids=IDS)
+def test_normalizer_errors_name_the_argument(value, error, match):
+    """Each bad value raises, naming ``normalizer`` and the value given."""
+    with pytest.raises(error, match=f"`normalizer` {match}") as info:
+        check_normalizer(value, "mean")
+    if "scalar" not in match:
+        assert repr(value) in str(info.value)
+
+
+def test_traced_normalizer_is_checked_by_validate():
+    z, y = jnp.zeros((2, 3)), jnp.array([0, 2])
+
+    @jax.jit
+    def loss(n):
+        n = jaxce.validate(z, normalizer=n)[1]
+        return jaxce.sparse_softmax_cross_entropy(z, y, normalizer=n)
+
+    np.testing.assert_allclose(loss(4.0), 2 * np.log(3) / 4, rtol=1e-6)
+    for bad in (0.0, -1.0, np.inf, np.nan):
+        with pytest.raises(Exception, match="`normalizer` must be finite and > 0"):
+            jax.block_until_ready(loss(bad))
+    x, labels, n = jaxce.validate(z, y, normalizer=3)  # one array per argument
+    assert int(n) == 3 and labels.shape == (2,)
+    with pytest.raises(TypeError, match="`normalizer`"):
+        jax.jit(lambda n: jaxce.validate(z, normalizer=n))(jnp.array(True))
 
 
 def test_gradient_accumulation_is_exact():

@@ -1,9 +1,10 @@
 """The only code in jaxce that reads the shared options of a loss.
 
 Layering: ``_checks`` (trace-time checks) <- ``_math`` (safe elementwise math)
-<- ``_reduction`` (the one reduction) <- ``_categorical`` / ``_elementwise``
-(the preparation of one call). Loss families, closed forms and the fused loss
-import from here; nothing here imports them.
+<- ``_focal_factor`` (the focal term, exact in the label) <- ``_reduction``
+(the one reduction) <- ``_categorical`` / ``_elementwise`` (the preparation of
+one call). Loss families, closed forms and the fused loss import from here;
+nothing here imports them.
 """
 
 from ._categorical import (
@@ -22,6 +23,7 @@ from ._checks import (
     check_integer_labels as check_integer_labels,
     check_label_smoothing as check_label_smoothing,
     check_nonneg as check_nonneg,
+    check_normalizer as check_normalizer,
     check_positive_int as check_positive_int,
     check_range as check_range,
     check_reduction as check_reduction,
@@ -36,6 +38,10 @@ from ._elementwise import (
     Elementwise as Elementwise,
     prepare_elementwise as prepare_elementwise,
 )
+from ._focal_factor import (
+    focal_factor as focal_factor,
+    log_one_minus_pt as log_one_minus_pt,
+)
 from ._math import (
     clip_bounds as clip_bounds,
     clip_derivative as clip_derivative,
@@ -49,6 +55,7 @@ from ._math import (
     safe_log as safe_log,
     safe_power as safe_power,
     safe_xlogy as safe_xlogy,
+    shifted_log_softmax as shifted_log_softmax,
     softmax_and_lse as softmax_and_lse,
     xlogy as xlogy,
 )

@@ -17,7 +17,7 @@ from jaxtyping import Array, ArrayLike
 
 Number = int | float
 """A Python number known at trace time (``base``, ``eps``)."""
-ScalarLike = int | float | np.floating | Array
+ScalarLike = int | float | np.integer | np.floating | Array
 """A hyperparameter that may also be a traced scalar (``label_smoothing``, ...)."""
 IndexLike = int | np.integer
 """A Python or NumPy integer known at trace time (``ignore_index``, ``chunk_size``)."""
@@ -86,8 +86,15 @@ def check_base(base: Number | None) -> None:
 
 
 def check_normalizer(normalizer: object, reduction: str) -> None:
-    """``normalizer``: None, or a scalar > 0 (a traced scalar is not checked)
-    with a scalar ``reduction``."""
+    """``normalizer``: None, or a finite real scalar > 0, with a scalar
+    ``reduction``.
+
+    Python / NumPy numbers and concrete arrays are checked here (trace time):
+    ``bool``, strings, complex numbers, non-numeric dtypes, shapes other than
+    ``()``, ``inf``, NaN and values ``<= 0`` raise, naming ``normalizer``. A
+    traced scalar's dtype is checked here and its value by `jaxce.validate`
+    (``normalizer=``), which raises at run time.
+    """
     if normalizer is None:
         return
     if reduction == "none":
@@ -95,14 +102,33 @@ def check_normalizer(normalizer: object, reduction: str) -> None:
             "`normalizer` divides a summed loss: it needs a scalar `reduction` "
             '("sum", "mean" or "sum_over_batch_size"), got reduction="none".'
         )
+    kind = "a finite real number > 0 or a scalar array of one"
+    if isinstance(normalizer, (bool, np.bool_, str, bytes)):
+        raise TypeError(f"`normalizer` must be {kind}, got {normalizer!r}.")
+    dtype = getattr(normalizer, "dtype", None)
+    if dtype is None:  # a Python number, list, ...
+        try:
+            dtype = np.asarray(normalizer).dtype
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"`normalizer` must be {kind}, got {normalizer!r}."
+            ) from None
+    dtype = np.dtype(dtype)
+    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+        raise TypeError(
+            f"`normalizer` must be {kind}, got {normalizer!r} of dtype {dtype}."
+        )
     shape = getattr(normalizer, "shape", None)
     if shape is None:  # a Python number or list
         shape = np.shape(np.asarray(normalizer))
-    if shape != ():
-        raise ValueError(f"`normalizer` must be a scalar, got shape {shape}.")
+    if tuple(shape) != ():
+        raise ValueError(f"`normalizer` must be a scalar, got shape {tuple(shape)}.")
     v = concrete_values(normalizer)
-    if v is not None and not v > 0:
-        raise ValueError(f"`normalizer` must be > 0, got {normalizer!r}.")
+    if v is not None and not (np.isfinite(v) and v > 0):
+        raise ValueError(
+            f"`normalizer` must be finite and > 0, got {normalizer!r}: it divides "
+            "the summed loss (inf would silently give a loss and gradient of 0)."
+        )
 
 
 def check_eps(eps: Number | None) -> None:

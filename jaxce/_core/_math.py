@@ -10,21 +10,28 @@ from __future__ import annotations
 import math
 
 import jax.numpy as jnp
+from jax import lax
 from jaxtyping import Array
 
 from ._checks import Number, check_base, check_eps, is_static_zero
 
 
 def safe_xlogy(t: Array, logp: Array) -> Array:
-    """``t * logp`` with ``0 * log 0 = 0`` and finite gradients where ``t == 0``.
+    r"""``t * logp`` with ``0 * log 0 = 0``, and exact partials wherever they exist.
 
-    The gradient with respect to ``logp`` is ``t`` (0 where ``t == 0``); with
-    respect to ``t`` it is ``logp``, except 0 where ``t == 0`` (use `xlogy` when
-    that partial matters).
+    ``logp`` is a log-probability (``<= 0``, possibly ``-inf``) and ``t`` a
+    target weight. The partials are ``d/dlogp = t`` and ``d/dt = logp``, also
+    where ``t == 0`` (a soft-label or label-optimisation gradient needs the
+    ``log p`` of a class whose target is 0). Only at the corner ``t == 0``,
+    ``logp == -inf`` is the value taken as 0 and both partials as 0: there
+    ``t log p`` jumps from 0 to ``-inf`` for any ``t > 0``, so no derivative
+    exists (the one-sided one, ``log p``, is ``-inf``); the finite choice keeps
+    gradients free of NaN (the convention of `xlogy`).
     """
-    # One select suffices: where t == 0 the product is 0 * 0, and neither operand's
-    # cotangent involves the (possibly infinite) logp.
-    return t * jnp.where(t == 0, jnp.zeros((), logp.dtype), logp)
+    # One select suffices: at the corner the product is 0 * 0, and neither
+    # operand's cotangent involves the infinite logp.
+    corner = (t == 0) & (logp == -jnp.inf)
+    return t * jnp.where(corner, jnp.zeros((), logp.dtype), logp)
 
 
 def xlogy(x: Array, y: Array) -> Array:
@@ -34,8 +41,7 @@ def xlogy(x: Array, y: Array) -> Array:
     which is 0 where ``x == 0``. At the corner ``x == y == 0`` the value is 0 and
     both partials are 0: there ``x log y`` jumps from 0 to ``-inf`` for any
     ``x > 0``, so no derivative exists and the finite one is taken.
-    Unlike `safe_xlogy`, the partial in ``x`` at ``x == 0 < y`` is ``log(y)``,
-    not 0.
+    `safe_xlogy` is the same on a log-probability ``y = log p``.
     """
     corner = (x == 0) & (y == 0)
     return x * jnp.log(jnp.where(corner, jnp.ones((), y.dtype), y))
@@ -104,6 +110,36 @@ def softmax_and_lse(z: Array) -> tuple[Array, Array]:
     e = jnp.exp(z - m)
     total = jnp.sum(e, axis=-1, keepdims=True)
     return e / total, m + jnp.log(total)
+
+
+def shifted_log_softmax(z: Array) -> tuple[Array, Array]:
+    r"""``(z - m, log sum_c exp(z_c - m))`` along the last axis, ``m = max z``.
+
+    ``log softmax(z) = (z - m) - log_norm`` and ``logsumexp(z) = m + log_norm``.
+    Two roundings are avoided, so that every cross-entropy built from these is
+    exact to a few ulps *of the loss*, at any logit offset and confidence:
+
+    - the difference of logits is formed after the shift: ``lse - z_y`` as
+      ``log_norm - (z_y - m)`` (``logsumexp(z) - z_y`` loses ulps of ``|z|``:
+      ``1e5`` in float32 is 1/128 apart from its neighbours; ties at ``3e38``
+      give ``log 2``, not 0);
+    - ``log_norm = log1p(sum of the terms but one maximum's 1)``, not
+      ``log(sum)``, which rounds ``1 + 1e-7`` to 1 (a confident prediction's
+      loss of ``1e-7`` would come out as 0 or ``1.2e-7``).
+
+    ``m`` is a constant for differentiation (the derivative is the same) and 0
+    where it is not finite (rows of ``-inf``).
+    """
+    m = lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
+    m = jnp.where(jnp.isfinite(m), m, jnp.zeros((), z.dtype))
+    shifted = z - m
+    e = jnp.exp(shifted)
+    # Each of the n maxima contributes e - 1/n (= 1 - 1/n; exactly 0 for one
+    # maximum) and keeps its derivative e: the sum is sum(e) - 1, unrounded.
+    is_max = shifted == 0
+    n = jnp.maximum(jnp.sum(is_max, axis=-1, keepdims=True), 1).astype(z.dtype)
+    rest = jnp.sum(jnp.where(is_max, e - 1 / n, e), axis=-1)
+    return shifted, jnp.log1p(rest)
 
 
 def resolve_eps(eps: Number | None, dtype) -> float:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import jax
 from jaxtyping import Array, Float
 
-from .. import _binary as loss
 from .._core import (
     clip_bounds,
     clip_derivative,
     prepare_elementwise,
     resolve_eps,
 )
+from .._losses import _binary as loss
 from ._arguments import same_arguments
 
 

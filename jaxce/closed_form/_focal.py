@@ -6,13 +6,14 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .. import _focal as loss
 from .._core import (
     is_static_zero,
     safe_power,
     safe_xlogy,
+    shifted_log_softmax,
 )
-from .._focal import prepare_sigmoid_focal, prepare_softmax_focal
+from .._losses import _focal as loss
+from .._losses._focal import prepare_sigmoid_focal, prepare_softmax_focal
 from ._arguments import same_arguments
 
 
@@ -100,7 +101,8 @@ def softmax_focal_loss(
         logits, labels, gamma=gamma, class_weights=None, **options
     )
     s = jax.nn.softmax(z, axis=-1)
-    logp_y = c.take(z) - jax.nn.logsumexp(z, axis=-1)
+    shifted, log_norm = shifted_log_softmax(z)
+    logp_y = c.take(shifted) - log_norm  # no cancellation at large logits
     q = -jnp.expm1(logp_y)
     dlog_q = -jnp.exp(logp_y) / jnp.where(q > 0, q, jnp.ones((), c.dtype))
     qg, dqg = _focal_factor_grad(q, dlog_q, gamma)

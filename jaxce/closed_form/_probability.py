@@ -10,12 +10,12 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .. import _probability as loss
 from .._core import (
     Categorical,
     clip_derivative,
 )
-from .._probability import prepare_probs
+from .._losses import _probability as loss
+from .._losses._probability import prepare_probs
 from ._arguments import same_arguments
 
 

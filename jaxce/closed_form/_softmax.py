@@ -10,13 +10,13 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .. import _softmax as loss
 from .._core import (
     check_nonneg,
     is_static_zero,
     softmax_and_lse,
 )
-from .._softmax import prepare_logits
+from .._losses import _softmax as loss
+from .._losses._softmax import prepare_logits
 from ._arguments import same_arguments
 
 
