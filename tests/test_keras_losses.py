@@ -121,7 +121,7 @@ def test_sparse_spatial_ignore_class_and_keras_mask():
     # (N, H, W, K) segmentation logits with a void class: Keras' own loss, and
     # jaxce's "mean" (no weights: ignored pixels leave the denominator)
     x, y, _ = _sparse_inputs(True, 255, shape=(2, 3, 2))
-    got = jk.SparseCategoricalCrossentropy(ignore_class=255)(y, x)
+    got = jk.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255)(y, x)
     keras_loss = builtin(
         keras.losses.SparseCategoricalCrossentropy, from_logits=True, ignore_class=255
     )
@@ -130,9 +130,8 @@ def test_sparse_spatial_ignore_class_and_keras_mask():
     h.assert_tree_allclose(np.asarray(got), np.asarray(mean), **TOL)
     # every label ignored: 0, as in jaxce (not NaN)
     all_ignored = np.full_like(y, 255)
-    assert (
-        float(jk.SparseCategoricalCrossentropy(ignore_class=255)(all_ignored, x)) == 0
-    )
+    loss = jk.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255)
+    assert float(loss(all_ignored, x)) == 0
 
 
 @pytest.mark.parametrize(
@@ -217,7 +216,7 @@ def test_binary_aligns_ranks_as_keras():
     x, y, _ = _binary_inputs(True, d=1)
     expected = builtin(keras.losses.BinaryCrossentropy, from_logits=True)
     for labels, logits in [(y[:, 0], x), (y, x[:, 0])]:
-        got = jk.BinaryCrossentropy()(labels, logits)
+        got = jk.BinaryCrossentropy(from_logits=True)(labels, logits)
         h.assert_tree_allclose(np.asarray(got), expected(labels, logits), **TOL)
 
 
@@ -231,7 +230,13 @@ def test_binary_aligns_ranks_as_keras():
 def test_binary_focal_equals_jaxce_and_keras(alpha, gamma, use_sw, reduction):
     x, y, sw = _binary_inputs(True)
     sw = sw if use_sw else None
-    loss = jk.BinaryFocalCrossentropy(alpha=alpha, gamma=gamma, reduction=reduction)
+    loss = jk.BinaryFocalCrossentropy(
+        apply_class_balancing=alpha is not None,
+        alpha=0.25 if alpha is None else alpha,
+        gamma=gamma,
+        from_logits=True,
+        reduction=reduction,
+    )
     got = np.asarray(loss(y, x, sample_weight=sw))
     expected = builtin(
         keras.losses.BinaryFocalCrossentropy,
@@ -263,7 +268,11 @@ def test_sparse_focal_equals_jaxce_and_keras(alpha, ignore_class, use_sw, reduct
     x, y, sw = _sparse_inputs(True, ignore_class)
     sw = sw if use_sw else None
     loss = jk.SparseCategoricalFocalCrossentropy(
-        alpha=alpha, gamma=2.0, ignore_class=ignore_class, reduction=reduction
+        alpha=alpha,
+        gamma=2.0,
+        from_logits=True,
+        ignore_class=ignore_class,
+        reduction=reduction,
     )
     got = np.asarray(loss(y, x, sample_weight=sw))
     a = np.asarray(alpha, np.float32) if isinstance(alpha, tuple) else alpha
@@ -290,25 +299,31 @@ def test_sparse_focal_equals_jaxce_and_keras(alpha, ignore_class, use_sw, reduct
 
 CONFIGURED = [
     jk.SparseCategoricalCrossentropy(
-        label_smoothing=0.1, ignore_class=-1, class_weights=[1.0, 2.0, 0.5, 1.0],
-        z_loss=1e-3, reduction="sum", name="sce",
+        from_logits=True, label_smoothing=0.1, ignore_class=-1,
+        class_weights=[1.0, 2.0, 0.5, 1.0], z_loss=1e-3, reduction="sum", name="sce",
     ),
-    jk.SparseCategoricalCrossentropy(from_logits=False, ignore_class=np.int64(255)),
-    jk.CategoricalCrossentropy(label_smoothing=0.2, class_weights=np.ones(K)),
-    jk.BinaryCrossentropy(label_smoothing=0.1, pos_weight=[1.0, 2.0, 3.0, 4.0]),
-    jk.BinaryCrossentropy(from_logits=False, reduction=None, dtype="float32"),
-    jk.BinaryFocalCrossentropy(alpha=0.3, gamma=1.5),
-    jk.SparseCategoricalFocalCrossentropy(alpha=[0.1, 0.2, 0.3, 0.4], ignore_class=-1),
+    jk.SparseCategoricalCrossentropy(ignore_class=np.int64(255)),
+    jk.CategoricalCrossentropy(
+        from_logits=True, label_smoothing=0.2, class_weights=np.ones(K)
+    ),
+    jk.BinaryCrossentropy(
+        from_logits=True, label_smoothing=0.1, pos_weight=[1.0, 2.0, 3.0, 4.0]
+    ),
+    jk.BinaryCrossentropy(reduction=None, dtype="float32"),
+    jk.BinaryFocalCrossentropy(
+        apply_class_balancing=True, alpha=0.3, gamma=1.5, from_logits=True
+    ),
+    jk.BinaryFocalCrossentropy(label_smoothing=0.1),
+    jk.SparseCategoricalFocalCrossentropy(
+        alpha=[0.1, 0.2, 0.3, 0.4], from_logits=True, ignore_class=-1
+    ),
+    jk.SparseCategoricalFocalCrossentropy(alpha=None),
 ]  # fmt: skip
 
 
 def _apply(loss, sw=None):
     r = h.rng(4)
-    x = (
-        h.probs(r, N, K)
-        if not getattr(loss, "from_logits", True)
-        else h.logits(r, (N, K))
-    )
+    x = h.logits(r, (N, K)) if loss.from_logits else h.probs(r, N, K)
     if isinstance(loss, (jk.BinaryCrossentropy, jk.BinaryFocalCrossentropy)):
         y = h.binary_labels(r, (N, K))
     elif isinstance(loss, jk.CategoricalCrossentropy):
@@ -342,7 +357,10 @@ def test_saved_model_reloads_with_its_loss(tmp_path, keras_rules):
     y = np.argmax(x[:, :3], axis=-1).astype(np.int32)
     y[:3] = -1  # ignored
     loss = jk.SparseCategoricalCrossentropy(
-        ignore_class=-1, class_weights=[1.0, 2.0, 0.5], label_smoothing=0.1
+        from_logits=True,
+        ignore_class=-1,
+        class_weights=[1.0, 2.0, 0.5],
+        label_smoothing=0.1,
     )
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     model.compile(optimizer="sgd", loss=loss)
@@ -375,7 +393,7 @@ def test_fit_decreases_the_loss_and_evaluate_is_jaxce(keras_rules):
     cw = [1.0, 2.0, 0.5]
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     loss = jk.SparseCategoricalCrossentropy(
-        label_smoothing=0.1, class_weights=cw, z_loss=1e-3
+        from_logits=True, label_smoothing=0.1, class_weights=cw, z_loss=1e-3
     )
     model.compile(optimizer="sgd", loss=loss)
     history = model.fit(x, y, epochs=5, batch_size=16, shuffle=False, verbose=0)
@@ -411,12 +429,12 @@ def test_fit_decreases_the_loss_and_evaluate_is_jaxce(keras_rules):
          ValueError, "label_smoothing"),
         (lambda: jk.BinaryCrossentropy(from_logits=False, pos_weight=2.0),
          ValueError, "pos_weight"),
-        (lambda: jk.BinaryFocalCrossentropy(from_logits=False),
-         ValueError, "from_logits"),
         (lambda: jk.BinaryFocalCrossentropy(alpha=1.5), ValueError, "alpha"),
+        (lambda: jk.BinaryFocalCrossentropy(alpha=None), TypeError, "alpha"),
+        (lambda: jk.BinaryFocalCrossentropy(apply_class_balancing=1),
+         TypeError, "apply_class_balancing"),
+        (lambda: jk.BinaryCrossentropy(from_logits="yes"), TypeError, "from_logits"),
         (lambda: jk.BinaryFocalCrossentropy(gamma=-1.0), ValueError, "gamma"),
-        (lambda: jk.SparseCategoricalFocalCrossentropy(from_logits=False),
-         ValueError, "from_logits"),
         (lambda: jk.SparseCategoricalFocalCrossentropy(alpha=[0.5, -1.0]),
          ValueError, "alpha"),
         (lambda: jk.CategoricalCrossentropy(reduction="mean_over_everything"),
@@ -431,7 +449,9 @@ def test_bad_arguments_raise(make, error, match):
 def test_bad_shapes_raise_at_call():
     x = np.zeros((N, K), np.float32)
     with pytest.raises(ValueError, match="class_weights"):
-        jk.SparseCategoricalCrossentropy(class_weights=[1.0, 2.0])(np.zeros(N), x)
+        jk.SparseCategoricalCrossentropy(from_logits=True, class_weights=[1.0, 2.0])(
+            np.zeros(N), x
+        )
 
 
 def test_import_jaxce_does_not_import_keras():

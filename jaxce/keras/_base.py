@@ -1,6 +1,10 @@
 """What the Keras loss classes share: the base class, argument checks and the
 conversions between Keras' inputs and jaxce's.
 
+Each class takes Keras' arguments under Keras' names, in Keras' order and with
+Keras' defaults (``from_logits=False``: a model ending in a softmax or sigmoid),
+then jaxce's extra options, keyword-only.
+
 Design: a class's ``call(y_true, y_pred)`` returns jaxce's per-element losses
 (``reduction="none"``); `keras.losses.Loss.__call__` then applies
 ``sample_weight``, any Keras mask and the Keras ``reduction``. Elements whose
@@ -60,10 +64,23 @@ def to_index(value: int | np.integer | None, name: str) -> int | None:
     return int(value)
 
 
+def check_alpha(alpha: object) -> float:
+    """A binary ``alpha`` in [0, 1] as a float."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.number)):
+        raise TypeError(f"`alpha` must be a number in [0, 1], got {alpha!r}.")
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"`alpha` must be in [0, 1], got {alpha!r}.")
+    return float(alpha)
+
+
+def check_flag(value: bool, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be True or False, got {value!r}.")
+    return bool(value)
+
+
 def check_from_logits(from_logits: bool) -> bool:
-    if not isinstance(from_logits, (bool, np.bool_)):
-        raise TypeError(f"`from_logits` must be True or False, got {from_logits!r}.")
-    return bool(from_logits)
+    return check_flag(from_logits, "from_logits")
 
 
 def check_smoothing(label_smoothing: Number) -> float:
@@ -76,14 +93,26 @@ def check_gamma(gamma: Number) -> float:
     return float(gamma)
 
 
-def check_logits_only(loss: object, from_logits: bool, wrapped: str) -> None:
-    """Raise for ``from_logits=False`` on a loss that jaxce has from logits only."""
-    if not from_logits:
-        raise ValueError(
-            f"{type(loss).__name__} takes logits: `from_logits` must be True "
-            f"({wrapped} has no probability form). Pass the model's scores "
-            "before the final sigmoid/softmax."
-        )
+def binary_logits(probs: Array) -> Array:
+    """Probabilities as the logits ``log p - log(1 - p)`` of ``clip(p, e, 1 - e)``
+    (``e = keras.config.epsilon()``), for the losses jaxce has from logits only.
+
+    ``sigmoid`` of the result is the clipped probability (to rounding), so a
+    logit-space loss on it is Keras' clipped probability-space loss.
+    """
+    e = keras.config.epsilon()
+    p = jnp.clip(jnp.asarray(probs), e, 1 - e)
+    return jnp.log(p) - jnp.log1p(-p)
+
+
+def categorical_logits(probs: Array, axis: int) -> Array:
+    """Probabilities as logits ``log clip(p / sum(p), e, 1 - e)`` along ``axis``:
+    Keras' ``CategoricalFocalCrossentropy(from_logits=False)`` renormalises the
+    rows, then clips (``e = keras.config.epsilon()``)."""
+    e = keras.config.epsilon()
+    p = jnp.asarray(probs)
+    p = p / jnp.sum(p, axis=axis, keepdims=True)
+    return jnp.log(jnp.clip(p, e, 1 - e))
 
 
 def as_array(value: float | list[float] | None, like: Array) -> Array | float | None:

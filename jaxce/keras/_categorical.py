@@ -8,18 +8,21 @@ import keras
 import numpy as np
 from jaxtyping import Array, ArrayLike
 
-from .._focal import softmax_focal_loss
-from .._probability import categorical_cross_entropy, sparse_categorical_cross_entropy
-from .._softmax import softmax_cross_entropy, sparse_softmax_cross_entropy
+from .._losses._focal import softmax_focal_loss
+from .._losses._probability import (
+    categorical_cross_entropy,
+    sparse_categorical_cross_entropy,
+)
+from .._losses._softmax import softmax_cross_entropy, sparse_softmax_cross_entropy
 from ._base import (
     Dtype,
     Floats,
     JaxceLoss,
     Number,
     as_array,
+    categorical_logits,
     check_from_logits,
     check_gamma,
-    check_logits_only,
     check_smoothing,
     mask_ignored,
     register,
@@ -31,11 +34,14 @@ from ._base import (
 
 @register
 class SparseCategoricalCrossentropy(JaxceLoss):
-    r"""Softmax cross-entropy with integer labels, as a Keras loss.
+    r"""Softmax cross-entropy with integer labels, as a Keras loss:
+    ``keras.losses.SparseCategoricalCrossentropy``'s arguments and defaults, plus
+    ``label_smoothing``, ``class_weights`` and ``z_loss``.
 
-    ``call`` returns `jaxce.sparse_softmax_cross_entropy` (``from_logits=True``) or
-    `jaxce.sparse_categorical_cross_entropy` (``from_logits=False``, clipping at
-    ``keras.config.epsilon()``) per element, ``reduction="none"``:
+    ``call`` returns `jaxce.sparse_categorical_cross_entropy` (``from_logits=False``,
+    the default, as in Keras: probabilities clipped at ``keras.config.epsilon()``)
+    or `jaxce.sparse_softmax_cross_entropy` (``from_logits=True``) per element,
+    ``reduction="none"``; from logits:
 
     $$L = (1 - \varepsilon)\, w_y (\operatorname{lse} - z_y)
         + \frac{\varepsilon}{K} \sum_c w_c (\operatorname{lse} - z_c)
@@ -51,61 +57,66 @@ class SparseCategoricalCrossentropy(JaxceLoss):
     int32 labels.
 
     Args:
-        from_logits: ``y_pred`` holds logits (default; Keras' default is False) or
-            probabilities.
-        label_smoothing: $\varepsilon \in [0, 1)$, towards the uniform $1/K$.
+        from_logits: ``y_pred`` holds probabilities (False, Keras' default) or
+            logits (True: pass the scores before the final softmax; more
+            accurate).
         ignore_class: the label of elements to leave out (jaxce ``ignore_index``).
-        class_weights: ``(classes,)`` per-class weights $w$.
-        z_loss: $\lambda \ge 0$ (PaLM z-loss); logits only.
-        axis: the class axis of ``y_pred``.
         reduction: Keras' ``"sum_over_batch_size"``, ``"sum"``, ``"mean"``,
             ``"mean_with_sample_weight"``, ``"none"`` or None.
+        axis: the class axis of ``y_pred``.
         name: the loss's name.
         dtype: Keras' loss dtype; None is floatx. Keras casts ``y_pred`` and the
             labels to it: keep float32 for more than 256 (bfloat16) or 2048
             (float16) classes.
+        label_smoothing: (jaxce, keyword-only) $\varepsilon \in [0, 1)$, towards
+            the uniform $1/K$.
+        class_weights: (jaxce, keyword-only) ``(classes,)`` per-class weights $w$.
+        z_loss: (jaxce, keyword-only) $\lambda \ge 0$ (PaLM z-loss); logits only.
 
     Examples:
         >>> import numpy as np
         >>> from jaxce.keras import SparseCategoricalCrossentropy
+        >>> probs = np.array([[0.05, 0.95, 0.0], [0.1, 0.8, 0.1]])
+        >>> print(SparseCategoricalCrossentropy()(np.array([1, 2]), probs))
+        1.17694
         >>> logits = np.array([[2.0, 1.0, -1.0], [0.0, 0.0, 3.0], [1.0, 2.0, 0.0]])
         >>> labels = np.array([0, 2, -1])
-        >>> loss = SparseCategoricalCrossentropy(ignore_class=-1)
+        >>> loss = SparseCategoricalCrossentropy(from_logits=True, ignore_class=-1)
         >>> print(loss(labels, logits))
         0.22196
         >>> print(loss(labels, logits, sample_weight=np.array([1.0, 3.0, 1.0])))
         0.31690
         >>> per_element = SparseCategoricalCrossentropy(
-        ...     ignore_class=-1, z_loss=1e-3, reduction=None)
+        ...     from_logits=True, ignore_class=-1, reduction=None, z_loss=1e-3)
         >>> print(per_element(labels, logits))
         [0.35453 0.10450 0.00000]
     """
 
     _config = (
-        "from_logits", "label_smoothing", "ignore_class", "class_weights", "z_loss",
-        "axis",
+        "from_logits", "ignore_class", "axis", "label_smoothing", "class_weights",
+        "z_loss",
     )  # fmt: skip
 
     def __init__(
         self,
-        *,
-        from_logits: bool = True,
-        label_smoothing: Number = 0.0,
+        from_logits: bool = False,
         ignore_class: int | np.integer | None = None,
-        class_weights: Floats | None = None,
-        z_loss: Number = 0.0,
-        axis: int = -1,
         reduction: str | None = "sum_over_batch_size",
+        axis: int = -1,
         name: str | None = "sparse_categorical_crossentropy",
         dtype: Dtype = None,
+        *,
+        label_smoothing: Number = 0.0,
+        class_weights: Floats | None = None,
+        z_loss: Number = 0.0,
     ):
         super().__init__(reduction=reduction, name=name, dtype=dtype)
         self.from_logits = check_from_logits(from_logits)
-        self.label_smoothing = check_smoothing(label_smoothing)
         self.ignore_class = to_index(ignore_class, "ignore_class")
+        self.axis = int(axis)
+        self.label_smoothing = check_smoothing(label_smoothing)
         self.class_weights = to_floats(class_weights, "class_weights")
         self.z_loss = float(z_loss)
-        self.axis = int(axis)
         if self.z_loss < 0 or not np.isfinite(self.z_loss):
             raise ValueError(f"`z_loss` must be >= 0, got {z_loss!r}.")
         if self.z_loss and not self.from_logits:
@@ -135,11 +146,14 @@ class SparseCategoricalCrossentropy(JaxceLoss):
 
 @register
 class CategoricalCrossentropy(JaxceLoss):
-    r"""Softmax cross-entropy with target distributions, as a Keras loss.
+    r"""Softmax cross-entropy with target distributions, as a Keras loss:
+    ``keras.losses.CategoricalCrossentropy``'s arguments and defaults, plus
+    ``class_weights``.
 
-    ``call`` returns `jaxce.softmax_cross_entropy` (``from_logits=True``) or
-    `jaxce.categorical_cross_entropy` (``from_logits=False``, clipping at
-    ``keras.config.epsilon()``) per element, ``reduction="none"``:
+    ``call`` returns `jaxce.categorical_cross_entropy` (``from_logits=False``, the
+    default, as in Keras: probabilities clipped at ``keras.config.epsilon()``) or
+    `jaxce.softmax_cross_entropy` (``from_logits=True``) per element,
+    ``reduction="none"``:
     $L = -\sum_c w_c\, t_c \log \operatorname{softmax}(z)_c$ with targets smoothed
     to $(1 - \varepsilon) t + \varepsilon / K$ (Keras' smoothing). Keras then
     applies ``sample_weight`` and ``reduction``: the default is jaxce's
@@ -147,45 +161,51 @@ class CategoricalCrossentropy(JaxceLoss):
     renormalised to sum to 1 (they agree on rows that do).
 
     Args:
-        from_logits: ``y_pred`` holds logits (default; Keras' default is False) or
-            probabilities.
+        from_logits: ``y_pred`` holds probabilities (False, Keras' default) or
+            logits (True).
         label_smoothing: $\varepsilon \in [0, 1)$.
-        class_weights: ``(classes,)`` per-class weights $w$.
         axis: the class axis.
         reduction: Keras' ``"sum_over_batch_size"``, ``"sum"``, ``"mean"``,
             ``"mean_with_sample_weight"``, ``"none"`` or None.
         name: the loss's name.
         dtype: Keras' loss dtype; None is floatx.
+        class_weights: (jaxce, keyword-only) ``(classes,)`` per-class weights $w$.
 
     Examples:
         >>> import numpy as np
         >>> from jaxce.keras import CategoricalCrossentropy
+        >>> targets = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+        >>> probs = np.array([[0.05, 0.95, 0.0], [0.1, 0.8, 0.1]])
+        >>> print(CategoricalCrossentropy()(targets, probs))  # Keras' docstring: 1.177
+        1.17694
         >>> logits = np.array([[2.0, 1.0, -1.0], [0.0, 0.0, 3.0]])
-        >>> targets = np.array([[1.0, 0.0, 0.0], [0.2, 0.3, 0.5]])
-        >>> print(CategoricalCrossentropy(reduction="none")(targets, logits))
+        >>> soft = np.array([[1.0, 0.0, 0.0], [0.2, 0.3, 0.5]])
+        >>> print(CategoricalCrossentropy(from_logits=True, reduction="none")(
+        ...     soft, logits))
         [0.34901 1.59492]
-        >>> print(CategoricalCrossentropy(label_smoothing=0.1)(targets, logits))
+        >>> print(CategoricalCrossentropy(from_logits=True, label_smoothing=0.1)(
+        ...     soft, logits))
         1.06363
     """
 
-    _config = ("from_logits", "label_smoothing", "class_weights", "axis")
+    _config = ("from_logits", "label_smoothing", "axis", "class_weights")
 
     def __init__(
         self,
-        *,
-        from_logits: bool = True,
+        from_logits: bool = False,
         label_smoothing: Number = 0.0,
-        class_weights: Floats | None = None,
         axis: int = -1,
         reduction: str | None = "sum_over_batch_size",
         name: str | None = "categorical_crossentropy",
         dtype: Dtype = None,
+        *,
+        class_weights: Floats | None = None,
     ):
         super().__init__(reduction=reduction, name=name, dtype=dtype)
         self.from_logits = check_from_logits(from_logits)
         self.label_smoothing = check_smoothing(label_smoothing)
-        self.class_weights = to_floats(class_weights, "class_weights")
         self.axis = int(axis)
+        self.class_weights = to_floats(class_weights, "class_weights")
 
     def call(self, y_true: ArrayLike, y_pred: ArrayLike) -> Array:
         y_pred = jnp.asarray(y_pred)
@@ -205,23 +225,30 @@ class CategoricalCrossentropy(JaxceLoss):
 
 @register
 class SparseCategoricalFocalCrossentropy(JaxceLoss):
-    r"""Softmax focal loss with integer labels, as a Keras loss (logits only).
+    r"""Softmax focal loss with integer labels, as a Keras loss: the arguments and
+    defaults of ``keras.losses.CategoricalFocalCrossentropy`` (which takes one-hot
+    targets) for integer labels, plus ``ignore_class``.
 
     ``call`` returns `jaxce.softmax_focal_loss` per element, with
     $p_y = \operatorname{softmax}(z)_y$:
 
     $$L = -\alpha_y (1 - p_y)^\gamma \log p_y$$
 
-    Keras' ``CategoricalFocalCrossentropy(alpha=a, gamma=g, from_logits=True)`` on
-    one-hot targets is this class with ``alpha=a, gamma=g`` on their ``argmax``
-    labels. ``ignore_class`` masks elements as in `SparseCategoricalCrossentropy`.
-    Keras then applies ``sample_weight`` and ``reduction``.
+    Keras' ``CategoricalFocalCrossentropy(alpha=a, gamma=g, from_logits=f)`` on
+    one-hot targets is this class with the same arguments on their ``argmax``
+    labels. Probabilities (``from_logits=False``, the default) are renormalised
+    and clipped at ``keras.config.epsilon()`` as Keras does, then taken as the
+    logits $\log p$. ``ignore_class`` masks elements as in
+    `SparseCategoricalCrossentropy`. Keras then applies ``sample_weight`` and
+    ``reduction``.
 
     Args:
-        alpha: a scalar $\alpha \ge 0$, one $\alpha_c$ per class, or None (1).
-        gamma: focusing parameter $\gamma \ge 0$.
+        alpha: a scalar $\alpha \ge 0$ (Keras' default 0.25), one $\alpha_c$ per
+            class, or None (1).
+        gamma: focusing parameter $\gamma \ge 0$ (2).
+        from_logits: ``y_pred`` holds probabilities (False, Keras' default) or
+            logits (True).
         ignore_class: the label of elements to leave out (jaxce ``ignore_index``).
-        from_logits: must be True: jaxce's focal loss takes logits.
         axis: the class axis of ``y_pred``.
         reduction: Keras' ``"sum_over_batch_size"``, ``"sum"``, ``"mean"``,
             ``"mean_with_sample_weight"``, ``"none"`` or None.
@@ -231,44 +258,47 @@ class SparseCategoricalFocalCrossentropy(JaxceLoss):
             (float16) classes.
 
     Examples:
+        Keras' ``CategoricalFocalCrossentropy`` docstring example, on labels:
+
         >>> import numpy as np
         >>> from jaxce.keras import SparseCategoricalFocalCrossentropy
+        >>> probs = np.array([[0.05, 0.95, 0.0], [0.1, 0.8, 0.1]])
+        >>> print(SparseCategoricalFocalCrossentropy()(np.array([1, 2]), probs))
+        0.23315
         >>> logits = np.array([[2.0, 1.0, -1.0], [0.0, 0.0, 3.0]])
-        >>> labels = np.array([0, 1])
-        >>> loss = SparseCategoricalFocalCrossentropy(alpha=0.25, reduction=None)
-        >>> print(loss(labels, logits))
+        >>> loss = SparseCategoricalFocalCrossentropy(from_logits=True, reduction=None)
+        >>> print(loss(np.array([0, 1]), logits))
         [0.00757 0.70525]
     """
 
-    _config = ("alpha", "gamma", "ignore_class", "from_logits", "axis")
+    _config = ("alpha", "gamma", "from_logits", "ignore_class", "axis")
 
     def __init__(
         self,
-        *,
-        alpha: Floats | None = None,
+        alpha: Floats | None = 0.25,
         gamma: Number = 2.0,
+        from_logits: bool = False,
         ignore_class: int | np.integer | None = None,
-        from_logits: bool = True,
         axis: int = -1,
         reduction: str | None = "sum_over_batch_size",
         name: str | None = "sparse_categorical_focal_crossentropy",
         dtype: Dtype = None,
     ):
         super().__init__(reduction=reduction, name=name, dtype=dtype)
-        self.from_logits = check_from_logits(from_logits)
-        check_logits_only(self, self.from_logits, "jaxce.softmax_focal_loss")
         self.alpha = to_floats(alpha, "alpha")
         if self.alpha is not None and np.any(np.asarray(self.alpha) < 0):
             raise ValueError(f"`alpha` must be >= 0, got {alpha!r}.")
         self.gamma = check_gamma(gamma)
+        self.from_logits = check_from_logits(from_logits)
         self.ignore_class = to_index(ignore_class, "ignore_class")
         self.axis = int(axis)
 
     def call(self, y_true: ArrayLike, y_pred: ArrayLike) -> Array:
         y_pred = jnp.asarray(y_pred)
         labels = sparse_labels(jnp.asarray(y_true), y_pred, self.axis)
+        logits = y_pred if self.from_logits else categorical_logits(y_pred, self.axis)
         losses = softmax_focal_loss(
-            y_pred, labels, axis=self.axis, alpha=as_array(self.alpha, y_pred),
+            logits, labels, axis=self.axis, alpha=as_array(self.alpha, y_pred),
             gamma=self.gamma, ignore_index=self.ignore_class, reduction="none",
         )  # fmt: skip
         return mask_ignored(losses, labels, self.ignore_class)
