@@ -14,7 +14,8 @@ import jaxce
 import jaxce._fused._engine._plan as fused_blocks
 from jaxce._fused._ce_kernels import CEStat
 from jaxce._fused._engine import Blocks, Head, Tokens
-from jaxce._fused._engine._vjp import Static, _streamed
+from jaxce._fused._engine._device import Static
+from jaxce._fused._engine._vjp import _streamed
 from tests.helpers import assert_tree_allclose
 
 N, D, V = 37, 16, 300  # V = 4 * 64 + 44: ragged against chunk 64

@@ -10,6 +10,8 @@ directly on `token_blocks`.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,9 +21,9 @@ from jax.sharding import Mesh
 import jaxce
 import jaxce._fused._engine._plan as fused_blocks
 from jaxce._fused._engine import Head, Tokens
+from jaxce._fused._engine._device import Static, local_view as _local
 from jaxce._fused._engine._kernels import token_blocks
 from jaxce._fused._engine._plan import block_sizes
-from jaxce._fused._engine._vjp import Static, _local
 from tests.helpers import assert_tree_allclose, jit_call
 from tests.test_sharded import collectives
 
@@ -219,8 +221,16 @@ def test_compact_on_mesh_equals_single_device(kind, reduction):
     got = _value_and_grads(
         h, w, b, y, cw, s, reduction, compact=True, **_axes(kind), **kw
     )
-    want = _value_and_grads(h, w, b, y, cw, s, reduction, **kw)
-    assert_tree_allclose(got, want, **TOL)
+    assert_tree_allclose(got, _one_device_smoothing_zloss(reduction), **TOL)
+
+
+@functools.cache
+def _one_device_smoothing_zloss(reduction):
+    """The one-device reference of `test_compact_on_mesh_equals_single_device`
+    (shared by its three meshes)."""
+    h, w, b, y, cw, s = _data(7)
+    kw = dict(label_smoothing=0.1, z_loss=1e-3)
+    return _value_and_grads(h, w, b, y, cw, s, reduction, **kw)
 
 
 @pytest.mark.parametrize("case", ["device_all_absent", "invalid_label"])

@@ -394,3 +394,59 @@ def test_synthetic_long_files_are_found(tmp_path):
     (root / "__pycache__").mkdir()
     (root / "__pycache__" / "big.cpython-311.pyc").write_bytes(b"\x00\xff" * 4000)
     assert long_files(root) == {"pkg/big.py": MAX_LINES, "pkg/data/table.txt": 405}
+
+
+# The fused engine: a family module (``jaxce/_fused/*.py`` outside ``_engine``)
+# writes only its statistic / row loss and its public function; the loops, the
+# custom_vjp shapes and the shard_map live in the engine.
+ENGINE_ONLY = {
+    "custom_vjp",
+    "custom_jvp",
+    "shard_map",
+    "scan",
+    "fori_loop",
+    "while_loop",
+    "token_blocks",
+    "vocab_blocks",
+}
+
+
+def engine_only_uses(root: pathlib.Path) -> dict[str, list[str]]:
+    """For each family module of ``root/_fused`` (not ``_engine``): the
+    names of `ENGINE_ONLY` it uses (``jax.lax.scan``, ``jax.shard_map``, ...)."""
+    out = {}
+    for path in sorted((root / "_fused").glob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        used = set()
+        for node in ast.walk(tree):
+            name = None
+            if isinstance(node, ast.Attribute):
+                name = node.attr
+            elif isinstance(node, ast.Name):
+                name = node.id
+            elif isinstance(node, ast.alias):
+                name = node.name.split(".")[-1]
+            if name in ENGINE_ONLY:
+                used.add(name)
+        if used:
+            out[path.name] = sorted(used)
+    return out
+
+
+def test_fused_families_write_no_loop_vjp_or_shard_map():
+    assert (PACKAGE / "_fused" / "_engine").is_dir()
+    assert not engine_only_uses(PACKAGE), engine_only_uses(PACKAGE)
+
+
+def test_synthetic_family_loops_are_found(tmp_path):
+    root = tmp_path / "pkg"
+    (root / "_fused" / "_engine").mkdir(parents=True)
+    (root / "_fused" / "good.py").write_text("import jax\nx = jax.numpy.sum\n")
+    (root / "_fused" / "bad.py").write_text(
+        "import jax\nfrom jax import lax\n"
+        "f = jax.custom_vjp(lambda x: x)\n"
+        "g = lambda: lax.scan(None, 0, None)\n"
+        "from jax import shard_map\n"
+    )
+    (root / "_fused" / "_engine" / "_walk.py").write_text("from jax.lax import scan\n")
+    assert engine_only_uses(root) == {"bad.py": ["custom_vjp", "scan", "shard_map"]}

@@ -20,6 +20,7 @@ from ._call import (
     check_weight_layout as check_weight_layout,
     prepare_call as prepare_call,
 )
+from ._device import Tokens as Tokens
 from ._kernels import class_axis as class_axis, num_classes as num_classes
 from ._mesh import (
     AxisName as AxisName,
@@ -34,5 +35,5 @@ from ._plan import (
     budget_elements as budget_elements,
 )
 from ._rows import RowLoss as RowLoss
-from ._vjp import Tokens as Tokens, rows as rows, stream as stream
+from ._vjp import rows as rows, stream as stream
 from ._walk import Block as Block, Statistic as Statistic

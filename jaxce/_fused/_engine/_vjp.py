@@ -21,10 +21,8 @@ moves between devices) and skips the blocks after them.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-from collections.abc import Callable
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -34,143 +32,63 @@ from jaxtyping import Array
 
 from ..._core import compute_dtype
 from ._call import Call, Head
-from ._kernels import class_axis, num_classes
-from ._mesh import Layout, Vocab, pad_rows
-from ._plan import Blocks
+from ._device import (
+    Static,
+    Tokens,
+    head_spec,
+    local_view,
+    masked,
+    on_mesh,
+    reduce_grads,
+    run_on,
+    static_of,
+    unpad,
+    walk_options,
+)
+from ._mesh import Layout
 from ._rows import RowLoss, RowsOut, Want, row_pass
 from ._walk import Statistic, walk_grads, walk_stats
-
-
-@dataclasses.dataclass(frozen=True)
-class Static:
-    """Hashable configuration of one walk (a ``custom_vjp`` nondiff argument)."""
-
-    blocks: Blocks
-    weight_layout: str
-    softcap: float | None
-    lay: Layout | None
-    compact: bool
-
-
-class Tokens(NamedTuple):
-    """Per-token inputs that are never differentiated."""
-
-    labels: Array  # (N,) int, safe to index with
-    present: Array  # (N,) bool
-    extra: tuple = ()  # a family's other per-token arrays
-
-
-def _where(local: Callable, st: Static, args: tuple, in_specs, out_specs):
-    """``local(*args)`` on one device, or under the mesh's ``shard_map``."""
-    if st.lay is None:
-        return local(*args)
-    return st.lay.run(local, args, in_specs, out_specs)
-
-
-def _head_spec(lay: Layout, head: Head) -> Head:
-    bias = None if head.bias is None else lay.vocab_spec()
-    return Head(lay.hidden_spec(), lay.weight_spec(), bias)
-
-
-class _Local(NamedTuple):
-    """A walk's view of its device: block-local labels, padding ``limit``,
-    the vocabulary collectives and the packing of ``compact=True``."""
-
-    labels: Array
-    limit: Any
-    vocab: Vocab
-    order: Array | None
-    count: Array | None
-
-    def pack(self, tree):
-        order = self.order
-        return tree if order is None else jax.tree.map(lambda x: x[order], tree)
-
-    def unpack(self, tree):
-        order = self.order
-        if order is None:
-            return tree
-        put = lambda x: jnp.zeros_like(x).at[order].set(x, unique_indices=True)  # noqa: E731
-        return jax.tree.map(put, tree)
-
-
-def _local(st: Static, head: Head, tokens: Tokens) -> _Local:
-    lay, v = st.lay, num_classes(head.weight, st.weight_layout)
-    labels, limit, vocab = tokens.labels, None, Vocab()
-    if lay is not None:
-        labels = lay.localise(labels, v)
-        limit = lay.real_classes(v)
-        vocab = Vocab(lay, lay.vocab_offset(v))
-    order = count = None
-    if st.compact:  # present tokens first, each group in its order
-        order = jnp.argsort((~tokens.present).astype(jnp.int8), stable=True)
-        count = jnp.sum(tokens.present, dtype=jnp.int32)
-    return _Local(labels, limit, vocab, order, count)
-
-
-def _kw(st: Static, loc: _Local) -> dict:
-    return dict(
-        weight_layout=st.weight_layout, softcap=st.softcap, count=loc.count,
-        limit=loc.limit,
-    )  # fmt: skip
-
-
-def _masked(tree, present: Array):
-    return jax.tree.map(lambda x: jnp.where(present, x, jnp.zeros((), x.dtype)), tree)
-
-
-def _reduce_grads(st: Static, grads: Head, head: Head, cdt) -> Head:
-    """All-reduce a device's gradients to the input shardings; input dtypes."""
-    lay = st.lay
-    dh, dw, db = grads
-    if lay is not None:
-        dh = None if dh is None else lay.psum_vocab(dh)
-        dw = None if dw is None else lay.psum_batch(dw)
-        db = None if db is None else lay.psum_batch(db)
-    cast_to = lambda x, r: None if x is None or r is None else x.astype(r.dtype)  # noqa: E731
-    return Head(
-        cast_to(dh, head.hidden), cast_to(dw, head.weight), cast_to(db, head.bias)
-    )
-
 
 # ---- a streamed statistic --------------------------------------------------
 
 
 def _stream_local(stat: Statistic, st: Static, head: Head, classes, tokens: Tokens):
-    loc = _local(st, head, tokens)
+    loc = local_view(st, head, tokens)
     hd = head._replace(hidden=loc.pack(head.hidden))
-    acc = walk_stats(stat, st.blocks, hd, classes, loc.pack(loc.labels), **_kw(st, loc))
+    acc = walk_stats(
+        stat, st.blocks, hd, classes, loc.pack(loc.labels), **walk_options(st, loc)
+    )
     out, saved = loc.unpack(stat.finish(stat.combine(acc, loc.vocab)))
-    return _masked(out, tokens.present), saved
+    return masked(out, tokens.present), saved
 
 
 def _stream_grads_local(
     stat: Statistic, st: Static, head: Head, classes, tokens: Tokens, saved, cts
 ):
-    loc = _local(st, head, tokens)
+    loc = local_view(st, head, tokens)
     cdt = compute_dtype(head.hidden.dtype, head.weight.dtype)
     lay = st.lay
     # Summed over the batch axis: accumulate in the compute dtype, cast once.
     split = lay is not None and lay.size(lay.batch_axis) > 1
     g, dcls = walk_grads(
         stat, st.blocks, head._replace(hidden=loc.pack(head.hidden)), classes,
-        loc.pack(loc.labels), loc.pack(saved), loc.pack(cts), **_kw(st, loc),
+        loc.pack(loc.labels), loc.pack(saved), loc.pack(cts), **walk_options(st, loc),
         weight_grad_dtype=cdt if split else None,
     )  # fmt: skip
     g = g._replace(hidden=loc.unpack(g.hidden))
     if lay is not None:
         dcls = tuple(lay.psum_batch(x) for x in dcls)
     dcls = tuple(x.astype(c.dtype) for x, c in zip(dcls, classes))
-    return _reduce_grads(st, g, head, cdt), dcls
+    return reduce_grads(st, g, head, cdt), dcls
 
 
 def _run_stream(stat: Statistic, st: Static, head: Head, classes, tokens: Tokens):
     lay = st.lay
     specs = None
     if lay is not None:
-        specs = (_head_spec(lay, head), (lay.vocab_spec(),) * len(classes), lay.row())
+        specs = (head_spec(lay, head), (lay.vocab_spec(),) * len(classes), lay.row())
     fn = functools.partial(_stream_local, stat, st)
-    return _where(
+    return run_on(
         fn, st, (head, classes, tokens), specs, None if lay is None else lay.row()
     )
 
@@ -200,51 +118,16 @@ def _streamed_bwd(stat, st: Static, res, cts):
     fn = functools.partial(_stream_grads_local, stat, st)
     specs = out = None
     if lay is not None:
-        hs, cs = _head_spec(lay, head), (lay.vocab_spec(),) * len(classes)
+        hs, cs = head_spec(lay, head), (lay.vocab_spec(),) * len(classes)
         specs, out = (hs, cs, lay.row(), lay.row(), lay.row()), (hs, cs)
         saved, cts = (
             jax.tree.map(lambda x: lay.place(x, lay.row()), t) for t in (saved, cts)
         )
-    g, dcls = _where(fn, st, (head, classes, tokens, saved, cts), specs, out)
+    g, dcls = run_on(fn, st, (head, classes, tokens, saved, cts), specs, out)
     return g, dcls, None
 
 
 _streamed.defvjp(_streamed_fwd, _streamed_bwd)
-
-
-# ---- placement on a mesh -----------------------------------------------------
-
-
-def _static(call: Call, lay: Layout | None, n: int, heads: int) -> Static:
-    if lay is None:
-        blocks = call.plan(heads=heads)
-    else:
-        v = lay.padded(n, call.num_classes)[2]
-        nb, nv = lay.size(lay.batch_axis), lay.size(lay.vocab_axis)
-        blocks = call.plan(lay.padded(n, 1)[1] // nb, v // nv, heads)
-    return Static(blocks, call.weight_layout, call.softcap, lay, call.compact)
-
-
-def _on_mesh(call: Call, lay: Layout, heads: tuple, classes, rows):
-    """The arrays padded to the mesh and placed on it, and the padded layout."""
-    lay = dataclasses.replace(lay, weight_layout=call.weight_layout)
-    n = heads[0].hidden.shape[0]
-    lay, n_pad, v_pad = lay.padded(n, call.num_classes)
-    ax = class_axis(call.weight_layout)
-
-    def put(hd: Head) -> Head:
-        h = lay.place(pad_rows(hd.hidden, n_pad), lay.hidden_spec())
-        w = lay.place(pad_rows(hd.weight, v_pad, ax), lay.weight_spec())
-        b = None if hd.bias is None else pad_rows(hd.bias, v_pad)
-        return Head(h, w, lay.place(b, lay.vocab_spec()))
-
-    classes = tuple(lay.place(pad_rows(x, v_pad), lay.vocab_spec()) for x in classes)
-    rows = jax.tree.map(lambda x: lay.place(pad_rows(x, n_pad), lay.row()), rows)
-    return lay, tuple(put(h) for h in heads), classes, rows
-
-
-def _unpad(lay: Layout, tree, n: int):
-    return jax.tree.map(lambda x: lay.unpad(x, n), tree)
 
 
 def stream(
@@ -260,10 +143,10 @@ def stream(
     tokens = Tokens(call.labels, call.present) if tokens is None else tokens
     n = head.hidden.shape[0]
     if lay is None:
-        return _streamed(stat, _static(call, None, n, 1), head, classes, tokens)
-    lay, (head,), classes, tokens = _on_mesh(call, lay, (head,), classes, tokens)
-    st = _static(call, lay, n, 1)
-    return _unpad(lay, _streamed(stat, st, head, classes, tokens), n)
+        return _streamed(stat, static_of(call, None, n, 1), head, classes, tokens)
+    lay, (head,), classes, tokens = on_mesh(call, lay, (head,), classes, tokens)
+    st = static_of(call, lay, n, 1)
+    return unpad(lay, _streamed(stat, st, head, classes, tokens), n)
 
 
 # ---- a row loss --------------------------------------------------------------
@@ -272,19 +155,19 @@ def stream(
 def _rows_local(
     loss: RowLoss, st: Static, want: Want, head, aux, params, tokens, coef
 ) -> RowsOut:
-    loc = _local(st, head, tokens)
+    loc = local_view(st, head, tokens)
     pk = loc.pack
     out = row_pass(
         loss, st.blocks, head._replace(hidden=pk(head.hidden)),
         tuple(a._replace(hidden=pk(a.hidden)) for a in aux), params,
         pk(loc.labels), pk(tokens.present), pk(tokens.extra), pk(coef), want,
-        vocab=loc.vocab, **_kw(st, loc),
+        vocab=loc.vocab, **walk_options(st, loc),
     )  # fmt: skip
     lay, grads = st.lay, out.grads
     if grads is not None:
         grads = grads._replace(hidden=loc.unpack(grads.hidden))
         cdt = compute_dtype(head.hidden.dtype, head.weight.dtype)
-        grads = _reduce_grads(st, grads, head, cdt)
+        grads = reduce_grads(st, grads, head, cdt)
     d_params = out.d_params
     if lay is not None and d_params is not None:
         d_params = jax.tree.map(lay.psum_batch, d_params)
@@ -296,8 +179,8 @@ def _run_rows(loss, st: Static, want: Want, head, aux, params, tokens, coef):
     lay = st.lay
     specs = out = None
     if lay is not None:
-        hs = _head_spec(lay, head)
-        specs = (hs, tuple(_head_spec(lay, a) for a in aux), P(), lay.row())
+        hs = head_spec(lay, head)
+        specs = (hs, tuple(head_spec(lay, a) for a in aux), P(), lay.row())
         specs += (None if coef is None else lay.row(),)
         grads = None
         if coef is not None and any(want):
@@ -312,7 +195,7 @@ def _run_rows(loss, st: Static, want: Want, head, aux, params, tokens, coef):
         out = RowsOut(lay.row(), grads, dp)
         if coef is not None:
             coef = lay.place(coef, lay.row())
-    return _where(fn, st, (head, aux, params, tokens, coef), specs, out)
+    return run_on(fn, st, (head, aux, params, tokens, coef), specs, out)
 
 
 def _value(tree, field: str):
@@ -397,12 +280,12 @@ def rows(
     if lay is not None:
         if jax.tree.leaves(params):
             raise NotImplementedError("row-loss parameters on a mesh")
-        lay, (head, *aux), _, (tokens, coef) = _on_mesh(
+        lay, (head, *aux), _, (tokens, coef) = on_mesh(
             call, lay, (head, *aux), (), (tokens, coef)
         )
         aux = tuple(aux)
-    st = _static(call, lay, n, heads)
+    st = static_of(call, lay, n, heads)
     if coef is None:
         out = cast(Array, _rows_each(loss, st, head, aux, params, tokens))
-        return out if lay is None else _unpad(lay, out, n)
+        return out if lay is None else unpad(lay, out, n)
     return cast(Array, _rows_sum(loss, st, head, aux, params, tokens, coef))

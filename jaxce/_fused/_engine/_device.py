@@ -1,0 +1,147 @@
+"""A walk's view of its device, and the placement of a call on a mesh.
+
+`Static` is the hashable configuration of one walk; `local_view` gives a walk
+its block-local labels, padding ``limit``, vocabulary collectives and (with
+``compact=True``) the packing of its present tokens; `on_mesh` pads a call's
+arrays to the mesh and places them; `run_on` runs a local function on one
+device or under the mesh's ``shard_map``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array
+
+from ._call import Call, Head
+from ._kernels import class_axis, num_classes
+from ._mesh import Layout, Vocab, pad_rows
+from ._plan import Blocks
+
+
+@dataclasses.dataclass(frozen=True)
+class Static:
+    """Hashable configuration of one walk (a ``custom_vjp`` nondiff argument)."""
+
+    blocks: Blocks
+    weight_layout: str
+    softcap: float | None
+    lay: Layout | None
+    compact: bool
+
+
+class Tokens(NamedTuple):
+    """Per-token inputs that are never differentiated."""
+
+    labels: Array  # (N,) int, safe to index with
+    present: Array  # (N,) bool
+    extra: tuple = ()  # a family's other per-token arrays
+
+
+def run_on(local: Callable, st: Static, args: tuple, in_specs, out_specs):
+    """``local(*args)`` on one device, or under the mesh's ``shard_map``."""
+    if st.lay is None:
+        return local(*args)
+    return st.lay.run(local, args, in_specs, out_specs)
+
+
+def head_spec(lay: Layout, head: Head) -> Head:
+    bias = None if head.bias is None else lay.vocab_spec()
+    return Head(lay.hidden_spec(), lay.weight_spec(), bias)
+
+
+class Local(NamedTuple):
+    """A walk's view of its device: block-local labels, padding ``limit``,
+    the vocabulary collectives and the packing of ``compact=True``."""
+
+    labels: Array
+    limit: Any
+    vocab: Vocab
+    order: Array | None
+    count: Array | None
+
+    def pack(self, tree):
+        order = self.order
+        return tree if order is None else jax.tree.map(lambda x: x[order], tree)
+
+    def unpack(self, tree):
+        order = self.order
+        if order is None:
+            return tree
+        put = lambda x: jnp.zeros_like(x).at[order].set(x, unique_indices=True)  # noqa: E731
+        return jax.tree.map(put, tree)
+
+
+def local_view(st: Static, head: Head, tokens: Tokens) -> Local:
+    lay, v = st.lay, num_classes(head.weight, st.weight_layout)
+    labels, limit, vocab = tokens.labels, None, Vocab()
+    if lay is not None:
+        labels = lay.localise(labels, v)
+        limit = lay.real_classes(v)
+        vocab = Vocab(lay, lay.vocab_offset(v))
+    order = count = None
+    if st.compact:  # present tokens first, each group in its order
+        order = jnp.argsort((~tokens.present).astype(jnp.int8), stable=True)
+        count = jnp.sum(tokens.present, dtype=jnp.int32)
+    return Local(labels, limit, vocab, order, count)
+
+
+def walk_options(st: Static, loc: Local) -> dict:
+    return dict(
+        weight_layout=st.weight_layout, softcap=st.softcap, count=loc.count,
+        limit=loc.limit,
+    )  # fmt: skip
+
+
+def masked(tree, present: Array):
+    return jax.tree.map(lambda x: jnp.where(present, x, jnp.zeros((), x.dtype)), tree)
+
+
+def reduce_grads(st: Static, grads: Head, head: Head, cdt) -> Head:
+    """All-reduce a device's gradients to the input shardings; input dtypes."""
+    lay = st.lay
+    dh, dw, db = grads
+    if lay is not None:
+        dh = None if dh is None else lay.psum_vocab(dh)
+        dw = None if dw is None else lay.psum_batch(dw)
+        db = None if db is None else lay.psum_batch(db)
+    cast_to = lambda x, r: None if x is None or r is None else x.astype(r.dtype)  # noqa: E731
+    return Head(
+        cast_to(dh, head.hidden), cast_to(dw, head.weight), cast_to(db, head.bias)
+    )
+
+
+def static_of(call: Call, lay: Layout | None, n: int, heads: int) -> Static:
+    if lay is None:
+        blocks = call.plan(heads=heads)
+    else:
+        v = lay.padded(n, call.num_classes)[2]
+        nb, nv = lay.size(lay.batch_axis), lay.size(lay.vocab_axis)
+        blocks = call.plan(lay.padded(n, 1)[1] // nb, v // nv, heads)
+    return Static(blocks, call.weight_layout, call.softcap, lay, call.compact)
+
+
+def on_mesh(call: Call, lay: Layout, heads: tuple, classes, rows):
+    """The arrays padded to the mesh and placed on it, and the padded layout."""
+    lay = dataclasses.replace(lay, weight_layout=call.weight_layout)
+    n = heads[0].hidden.shape[0]
+    lay, n_pad, v_pad = lay.padded(n, call.num_classes)
+    ax = class_axis(call.weight_layout)
+
+    def put(hd: Head) -> Head:
+        h = lay.place(pad_rows(hd.hidden, n_pad), lay.hidden_spec())
+        w = lay.place(pad_rows(hd.weight, v_pad, ax), lay.weight_spec())
+        b = None if hd.bias is None else pad_rows(hd.bias, v_pad)
+        return Head(h, w, lay.place(b, lay.vocab_spec()))
+
+    classes = tuple(lay.place(pad_rows(x, v_pad), lay.vocab_spec()) for x in classes)
+    rows = jax.tree.map(lambda x: lay.place(pad_rows(x, n_pad), lay.row()), rows)
+    return lay, tuple(put(h) for h in heads), classes, rows
+
+
+def unpad(lay: Layout, tree, n: int):
+    return jax.tree.map(lambda x: lay.unpad(x, n), tree)
