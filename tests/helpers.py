@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import itertools
 import pathlib
 from types import ModuleType
 
@@ -52,14 +54,48 @@ def assert_finite(tree) -> None:
         assert np.all(np.isfinite(arr)), f"leaf {i} is not finite: {arr}"
 
 
+# -- compiled once per configuration ----------------------------------------------
+#
+# Compilation dominates the run time of the suite, and `jax.jit` caches by the
+# function object: ``jax.jit(lambda ...)`` built afresh per call compiles every
+# time. `jit_call` keeps one compiled function per (function, hashable keyword
+# values); array keywords are arguments, so calls that differ only in arrays of
+# the same shapes share one compilation.
+
+
+def _is_static(value) -> bool:
+    """Hashable keyword values (numbers, strings, None, meshes) are compiled in;
+    arrays (unhashable) are arguments."""
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
+@functools.cache
+def _compiled(fn, static: tuple, tag):
+    del tag  # part of the cache key only
+    return jax.jit(functools.partial(fn, **{k: v for k, _, v in static}))
+
+
+def jit_call(fn, *args, jit_tag=None, **kwargs):
+    """``fn(*args, **kwargs)``, compiled once per ``fn``, set of hashable keyword
+    values (their types included: ``30.0`` and ``np.float32(30.0)`` compile
+    apart) and ``jit_tag``. ``jit_tag`` only separates compilations, for tests
+    that patch something read at trace time (block sizes); ``fn`` must be a
+    module-level function (a fresh lambda is a fresh cache entry)."""
+    static = tuple(
+        sorted((k, type(v), v) for k, v in kwargs.items() if _is_static(v))
+    )
+    arrays = {k: v for k, v in kwargs.items() if not _is_static(v)}
+    return _compiled(fn, static, jit_tag)(*args, **arrays)
+
+
 def jitted(fn):
-    """``fn`` compiled once per call site, keyword options static (faster than
-    dispatching each operation on new shapes)."""
-
-    def call(*args, **kwargs):
-        return jax.jit(lambda *a: fn(*a, **kwargs))(*args)
-
-    return call
+    """``fn`` compiled once per configuration (see `jit_call`): hashable keyword
+    options are static, arrays (positional or keyword) are arguments."""
+    return functools.partial(jit_call, fn)
 
 
 # -- small random inputs ------------------------------------------------------------
@@ -133,3 +169,22 @@ def load_example(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+# -- covering arrays ----------------------------------------------------------------
+
+
+def covering(cases, *levels):
+    """``cases`` (tuples, one entry per factor), checked to hold every pair of
+    levels of every two factors: a pairwise covering array in place of the full
+    cross-product, for factors independent by construction. Raises naming the
+    pairs missing."""
+    cases = [tuple(c) for c in cases]
+    missing = []
+    for i, j in itertools.combinations(range(len(levels)), 2):
+        seen = {(c[i], c[j]) for c in cases}
+        missing += [(i, a, j, b) for a in levels[i] for b in levels[j]
+                    if (a, b) not in seen]  # fmt: skip
+    assert not missing, f"pairs (factor, level, factor, level) not covered: {missing}"
+    assert all(c[k] in levels[k] for c in cases for k in range(len(levels)))
+    return cases
