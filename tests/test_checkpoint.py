@@ -14,6 +14,8 @@ from training_data import load
 
 import jaxce
 from jaxce._training._checkpoint import FILENAME
+from jaxce._training._files import TRAILER_BYTES
+from jaxce._training._lock import LOCKNAME
 from jaxce.models import LogisticRegression, MLPClassifier, SoftmaxRegression
 
 OPT = optax.adam(1e-2)
@@ -54,8 +56,8 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert h_res.keys() == h_full.keys()
     for k in h_full:
         np.testing.assert_allclose(h_res[k], h_full[k], rtol=0, atol=1e-6)
-    # only the final checkpoint file remains: no temporary files left behind
-    assert os.listdir(tmp_path / "run") == [FILENAME]
+    # the checkpoint and the (released) lock remain: no temporary files
+    assert sorted(os.listdir(tmp_path / "run")) == [LOCKNAME, FILENAME]
 
 
 def test_resume_off_the_log_grid_equals_uninterrupted(tmp_path):
@@ -80,10 +82,10 @@ def test_resume_off_the_log_grid_equals_uninterrupted(tmp_path):
 
 def test_checkpoint_every_and_interrupted_run(tmp_path, monkeypatch):
     full, _ = _fit(_model(), 120, None)
-    import jaxce._training._fit as fit_module
+    import jaxce._training._resume as resume_module
 
     saved_steps = []
-    real = fit_module.save_checkpoint
+    real = resume_module.save_checkpoint
 
     def crash_after_second_save(*args, **kwargs):
         real(*args, **kwargs)
@@ -91,7 +93,7 @@ def test_checkpoint_every_and_interrupted_run(tmp_path, monkeypatch):
         if len(saved_steps) == 2:
             raise KeyboardInterrupt  # the process dies after step 80's checkpoint
 
-    monkeypatch.setattr(fit_module, "save_checkpoint", crash_after_second_save)
+    monkeypatch.setattr(resume_module, "save_checkpoint", crash_after_second_save)
     with pytest.raises(KeyboardInterrupt):
         _fit(_model(), 120, tmp_path, checkpoint_every=40)
     monkeypatch.undo()
@@ -192,6 +194,10 @@ def test_load_checks_hyperparameters(tmp_path):
         jaxce.load(path, other)
     with pytest.raises(ValueError, match="class"):
         jaxce.load(path, SoftmaxRegression(5, 4, key=jax.random.key(0)))
+    # the class itself: refused by name, before it is built from the file's
+    # hyperparameters (SoftmaxRegression takes no `width`)
+    with pytest.raises(ValueError, match="class is jaxce.models.MLPClassifier"):
+        jaxce.load(path, SoftmaxRegression)
     (tmp_path / "junk.eqx").write_bytes(b"\x00\x01junk")
     with pytest.raises(ValueError, match="not a model saved by jaxce.save"):
         jaxce.load(tmp_path / "junk.eqx", other)
@@ -202,11 +208,13 @@ def test_files_record_the_public_class_name_and_old_files_still_load(tmp_path, i
     model = _models()[index]
     path = tmp_path / "model.eqx"
     jaxce.save(path, model)
-    line, _, body = path.read_bytes().partition(b"\n")
+    line, _, body = path.read_bytes()[:-TRAILER_BYTES].partition(b"\n")
     header = json.loads(line)
     assert header["class"] == f"jaxce.models.{type(model).__name__}"
-    # jaxce 0.1 recorded the private module the classes lived in then
+    # jaxce 0.1 recorded the private module the classes lived in then, in files
+    # of format jaxce.model/1, which had no CRC trailer
     header["class"] = f"jaxce._models.{type(model).__name__}"
+    header["format"] = "jaxce.model/1"
     old = tmp_path / "old.eqx"
     old.write_bytes(json.dumps(header).encode() + b"\n" + body)
     back = jaxce.load(old, type(model))

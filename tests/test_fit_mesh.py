@@ -1,133 +1,108 @@
 """jaxce.fit(mesh=...) on 8 host CPU devices equals single-device training.
 
-JAX fixes its device count when it starts, so the 8-device run happens in a fresh
-Python process with ``XLA_FLAGS=--xla_force_host_platform_device_count=8``.
-Meshes with Explicit axes (``jax.make_mesh``) and Auto axes; batches that divide
-over the batch axis and batches that do not (padded inside `fit`).
+In this process: the root ``conftest.py`` gives it 8 host CPU devices. Meshes
+with Explicit axes (``jax.make_mesh``) and Auto axes; batches that divide over
+the batch axis and batches that do not (padded inside `fit`).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import pathlib
-import subprocess
-import sys
-import textwrap
-
+import equinox as eqx
+import jax
+import numpy as np
+import optax
 import pytest
+from jax.sharding import AxisType
+from training_data import load
 
-TESTS = pathlib.Path(__file__).resolve().parent
+import jaxce
+from jaxce.models import MLPClassifier
 
-SCRIPT = textwrap.dedent(
-    """
-    import json, sys
-    import equinox as eqx
-    import jax, jax.numpy as jnp, numpy as np, optax
-    from jax.sharding import AxisType
-    sys.path.insert(0, sys.argv[1])
-    from training_data import load
-    import jaxce
 
-    assert jax.device_count() == 8, jax.devices()
-    xtr, xte, ytr, yte = load("digits")
-    x, y = xtr[:512], ytr[:512]
-    opt = optax.adam(1e-2)
-    seen, model_in = [], []
+class Probe(eqx.Module):
+    """Records how the batch the model runs on is split (the spec's first entry)."""
 
-    class Probe(eqx.Module):
-        # records how the batch the model runs on is split (under vmap the
-        # callback sees the batched array): the spec's first entry
-        inner: eqx.Module
+    inner: eqx.Module
 
-        def __call__(self, x):
-            def record(s):
-                spec = getattr(s, "spec", None)  # one device: no spec
-                model_in.append(spec[0] if spec else None)
+    def __call__(self, x):
+        def record(s):  # under vmap the callback sees the batched array
+            spec = getattr(s, "spec", None)  # one device: no spec
+            MODEL_IN.append(spec[0] if spec else None)
 
-            jax.debug.inspect_array_sharding(x, callback=record)
-            return self.inner(x)
+        jax.debug.inspect_array_sharding(x, callback=record)
+        return self.inner(x)
 
-    def loss(logits, labels):
-        # records how the per-step batch of logits is laid out over the devices
-        shape = logits.shape
 
-        def record(s):
-            try:
-                seen.append([len(range(*ix[0].indices(shape[0])))
-                             for ix in s.devices_indices_map(shape).values()])
-            except ValueError:  # an uneven split XLA chose (padded internally)
-                seen.append("uneven " + str(s.spec))
+SEEN: list = []
+MODEL_IN: list = []
 
-        jax.debug.inspect_array_sharding(logits, callback=record)
-        return jaxce.sparse_softmax_cross_entropy(logits, labels)
 
-    def run(mesh, batch_size, batch_axis=None, n=512):
-        seen.clear()
-        model_in.clear()
-        model = Probe(jaxce.models.MLPClassifier(64, 10, width=32, depth=1,
-                                                 key=jax.random.key(0)))
-        model, history = jaxce.fit(
-            model, x[:n], y[:n], loss=loss, optimizer=opt, steps=40,
-            batch_size=batch_size, key=jax.random.key(1), progress=False,
-            eval_data=(xte, yte), log_every=20, mesh=mesh, batch_axis=batch_axis)
-        leaves = jax.tree.leaves(model)
-        return {
-            "leaves": [np.asarray(a).tolist() for a in leaves],
-            "devices": [len(a.sharding.device_set) for a in leaves],
-            "replicated": [bool(a.sharding.is_fully_replicated) for a in leaves],
-            "loss": history["loss"].tolist(),
-            "eval_accuracy": history["eval_accuracy"].tolist(),
-            # the layouts of every traced loss call (train steps and metrics)
-            "rows_per_device": [r if isinstance(r, str) else sorted(r) for r in seen],
-            "model_input_split": sorted(set(map(str, model_in))),
-        }
+def _loss(logits, labels):
+    """The loss, recording how each batch of logits is laid out over the devices."""
+    shape = logits.shape
 
-    out = {"single": run(None, 64)}
-    out["explicit"] = run(jax.make_mesh((8,), ("data",)), 64)
-    auto = jax.make_mesh((2, 4), ("data", "model"),
-                         axis_types=(AxisType.Auto, AxisType.Auto))
-    out["auto_2x4"] = run(auto, 64, batch_axis="model")
-    out["single_full"] = run(None, None)
-    out["explicit_full"] = run(jax.make_mesh((8,), ("data",)), None)
-    # batches that do not divide: 22 over 8 devices and over the 4-way axis
-    # (padded to 24), and all 509 examples over 8 (padded to 512)
-    out["single_22"] = run(None, 22)
-    out["explicit_22"] = run(jax.make_mesh((8,), ("data",)), 22)
-    out["auto_2x4_22"] = run(auto, 22, batch_axis="model")
-    out["single_full_509"] = run(None, None, n=509)
-    out["explicit_full_509"] = run(jax.make_mesh((8,), ("data",)), None, n=509)
-    try:
-        run(jax.make_mesh((8,), ("data",)), 20, batch_axis="nope")
-    except ValueError as err:
-        out["error"] = str(err)
-    print("RESULT" + json.dumps(out))
-    """
-)
+    def record(s):
+        try:
+            SEEN.append([len(range(*ix[0].indices(shape[0])))
+                         for ix in s.devices_indices_map(shape).values()])  # fmt: skip
+        except ValueError:  # an uneven split XLA chose (padded internally)
+            SEEN.append("uneven " + str(s.spec))
+
+    jax.debug.inspect_array_sharding(logits, callback=record)
+    return jaxce.sparse_softmax_cross_entropy(logits, labels)
 
 
 @pytest.fixture(scope="module")
 def result():
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    ).strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(TESTS)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")][-1]
-    return json.loads(line[len("RESULT") :])
+    assert jax.device_count() == 8, jax.devices()
+    xtr, xte, ytr, yte = load("digits")
+    x, y = xtr[:512], ytr[:512]
+    opt = optax.adam(1e-2)
+
+    def run(mesh, batch_size, batch_axis=None, n=512):
+        SEEN.clear()
+        MODEL_IN.clear()
+        model = Probe(MLPClassifier(64, 10, width=32, depth=1, key=jax.random.key(0)))
+        model, history = jaxce.fit(
+            model, x[:n], y[:n], loss=_loss, optimizer=opt, steps=40,
+            batch_size=batch_size, key=jax.random.key(1), progress=False,
+            eval_data=(xte, yte), log_every=20, mesh=mesh, batch_axis=batch_axis,
+        )  # fmt: skip
+        leaves = jax.tree.leaves(model)
+        return {
+            "leaves": [np.asarray(a) for a in leaves],
+            "devices": [len(a.sharding.device_set) for a in leaves],
+            "replicated": [bool(a.sharding.is_fully_replicated) for a in leaves],
+            "loss": history["loss"],
+            "eval_accuracy": history["eval_accuracy"],
+            # the layouts of every traced loss call (train steps and metrics)
+            "rows_per_device": [r if isinstance(r, str) else sorted(r) for r in SEEN],
+            "model_input_split": sorted(set(map(str, MODEL_IN))),
+        }
+
+    explicit = jax.make_mesh((8,), ("data",))
+    auto = jax.make_mesh((2, 4), ("data", "model"),
+                         axis_types=(AxisType.Auto, AxisType.Auto))  # fmt: skip
+    out = {"single": run(None, 64)}
+    out["explicit"] = run(explicit, 64)
+    out["auto_2x4"] = run(auto, 64, batch_axis="model")
+    out["single_full"] = run(None, None)
+    out["explicit_full"] = run(explicit, None)
+    # batches that do not divide: 22 over 8 devices and over the 4-way axis
+    # (padded to 24), and all 509 examples over 8 (padded to 512)
+    out["single_22"] = run(None, 22)
+    out["explicit_22"] = run(explicit, 22)
+    out["auto_2x4_22"] = run(auto, 22, batch_axis="model")
+    out["single_full_509"] = run(None, None, n=509)
+    out["explicit_full_509"] = run(explicit, None, n=509)
+    try:
+        run(explicit, 20, batch_axis="nope")
+    except ValueError as err:
+        out["error"] = str(err)
+    return out
 
 
 def _assert_close(a, b, atol):
-    import numpy as np
-
     assert len(a["leaves"]) == len(b["leaves"])
     for x, y in zip(a["leaves"], b["leaves"]):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=atol)

@@ -69,6 +69,22 @@ def test_mlp_bad_hyperparameters(name, value):
         MLPClassifier(**kwargs, key=jax.random.key(0))
 
 
+def test_sizes_accept_numpy_integers_and_refuse_bools():
+    key = jax.random.key(0)
+    mlp = MLPClassifier(np.int64(3), np.int32(4), width=np.int64(5), depth=np.int8(1),
+                        key=key)  # fmt: skip
+    assert (mlp.in_features, mlp.num_classes, mlp.width, mlp.depth) == (3, 4, 5, 1)
+    assert all(type(v) is int for v in (mlp.in_features, mlp.width, mlp.depth))
+    assert SoftmaxRegression(np.int64(3), np.int64(2), key=key).num_classes == 2
+    assert type(LogisticRegression(np.int64(3), key=key).in_features) is int
+    with pytest.raises(TypeError, match="`width` must be an int >= 1, got True"):
+        MLPClassifier(3, 4, width=True, depth=1, key=key)
+    with pytest.raises(TypeError, match="in_features"):
+        LogisticRegression(2.0, key=key)
+    with pytest.raises(ValueError, match="`num_classes` must be an int >= 2, got 1"):
+        SoftmaxRegression(3, 1, key=key)
+
+
 def test_predict_proba_binary_is_sigmoid_of_logit():
     model = LogisticRegression(4, key=jax.random.key(2))
     model = eqx.tree_at(lambda m: m.bias, model, jnp.asarray(0.3))

@@ -23,10 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
-from jaxtyping import Array, ArrayLike
+from jaxtyping import Array
 
-from .._binary import sigmoid_binary_cross_entropy
-from .._softmax import sparse_softmax_cross_entropy
+from .._losses._binary import sigmoid_binary_cross_entropy
+from .._losses._softmax import sparse_softmax_cross_entropy
+from ._structure import SameUpdate
 
 LossFn = Callable[[Array, Array], Array]
 
@@ -42,9 +43,11 @@ def default_optimizer() -> optax.GradientTransformation:
     return _DEFAULT_OPTIMIZER
 
 
-def natural_loss(model: Any, example: Any) -> LossFn:
-    """Sigmoid BCE for a scalar logit, sparse softmax CE for ``(classes,)`` logits."""
-    out = eqx.filter_eval_shape(lambda m, e: m(e), model, example)
+def natural_loss(out: Any) -> LossFn:
+    """Sigmoid BCE for a scalar logit, sparse softmax CE for ``(classes,)`` logits.
+
+    ``out`` is the shape of the model's output for one example (`eval_shape`).
+    """
     shape = getattr(out, "shape", None)
     if shape == ():
         return sigmoid_binary_cross_entropy
@@ -54,37 +57,6 @@ def natural_loss(model: Any, example: Any) -> LossFn:
         "`loss=None` needs a model returning a scalar logit or (classes,) logits "
         f"for one example; this model returns {out}. Pass `loss=` explicitly."
     )
-
-
-def check_data(x: ArrayLike, y: ArrayLike, xname: str, yname: str):
-    """``x`` as a float array with a leading example axis, ``y`` matching it."""
-    x, y = jnp.asarray(x), jnp.asarray(y)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        x = x.astype(jnp.float32)
-    if y.dtype == jnp.bool_:
-        y = y.astype(jnp.float32)
-    if x.ndim < 1 or y.ndim < 1 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
-        raise ValueError(
-            f"`{xname}` and `{yname}` must have the same (non-zero) number of "
-            f"examples along axis 0, got shapes {x.shape} and {y.shape}."
-        )
-    return x, y
-
-
-def check_steps(steps: int, batch_size: int | None, log_every: int | None, n: int):
-    """Validate the step arguments of `jaxce.fit` / `jaxce.fit_ensemble`."""
-    if not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"`steps` must be an int >= 0, got {steps!r}.")
-    if batch_size is not None and not (isinstance(batch_size, int) and batch_size > 0):
-        raise ValueError(
-            f"`batch_size` must be None or an int > 0, got {batch_size!r}."
-        )
-    if batch_size is not None and batch_size > n:
-        raise ValueError(
-            f"`batch_size`={batch_size} is larger than the {n} training examples."
-        )
-    if log_every is not None and not (isinstance(log_every, int) and log_every > 0):
-        raise ValueError(f"`log_every` must be None or an int > 0, got {log_every!r}.")
 
 
 def accuracy(logits: Array, y: Array) -> Array:
@@ -102,7 +74,7 @@ class Config:
     """Everything static about a training run (hashable: it keys the jit cache)."""
 
     loss: LossFn
-    optimizer: optax.GradientTransformation
+    optimizer: SameUpdate
     batch_size: int | None
     length: int
     mesh: Mesh | None = None
@@ -261,12 +233,40 @@ def chunk_orders(cfg: Config, key, start: int, n: int, members: bool = False):
 
 
 _fit_chunk = eqx.filter_jit(train_chunk)
-_ensemble_chunk = eqx.filter_jit(
-    eqx.filter_vmap(
-        train_chunk,
-        in_axes=(0, 0, 0, None, None, None, None, None, None, None, None),
-    )
+_members = eqx.filter_vmap(
+    train_chunk, in_axes=(0, 0, 0, None, None, None, None, None, None, None, None)
 )
+_ensemble_chunk = eqx.filter_jit(_members)
+
+
+def _members_over_mesh(
+    mesh, axis, params, opt_state, orders, start, stop, static, *rest
+):
+    """`_members` under `jax.shard_map`: each device trains its slice of members.
+
+    Parameters, optimizer state and data orders are split over ``axis`` along
+    their leading (member) axis; the data and the step bounds are replicated.
+    Members are independent, so no collective runs and every member computes
+    exactly what it computes on one device.
+    """
+    x, y, ex, ey, cfg = rest
+    split, whole = PartitionSpec(axis), PartitionSpec()
+
+    def body(params, opt_state, orders, start, stop, x, y, ex, ey):
+        return _members(
+            params, opt_state, orders, start, stop, static, x, y, ex, ey, cfg
+        )
+
+    return jax.shard_map(
+        body,
+        mesh=mesh,
+        in_specs=(split, split, split, whole, whole, whole, whole, whole, whole),
+        out_specs=split,
+        check_vma=False,  # per-member code, written without varying-axis types
+    )(params, opt_state, orders, start, stop, x, y, ex, ey)
+
+
+_ensemble_chunk_mesh = eqx.filter_jit(_members_over_mesh)
 
 
 def fit_chunk(*args):
@@ -280,10 +280,15 @@ def fit_chunk(*args):
         return _fit_chunk(*args)
 
 
-def ensemble_chunk(*args):
-    """`fit_chunk` vmapped over members (parameters, optimizer state, key)."""
+def ensemble_chunk(*args, mesh: Mesh | None = None, axis: str | None = None):
+    """`fit_chunk` vmapped over members (parameters, optimizer state, key).
+
+    With ``mesh``, the members are split over its axis ``axis``.
+    """
     with jax.numpy_dtype_promotion("standard"):
-        return _ensemble_chunk(*args)
+        if mesh is None:
+            return _ensemble_chunk(*args)
+        return _ensemble_chunk_mesh(mesh, axis, *args)
 
 
 def as_int32(value: int) -> Array:
@@ -314,3 +319,13 @@ def chunk_bounds(start: int, steps: int, every: list[int]) -> list[int]:
         s = min([steps] + [(s // e + 1) * e for e in every])
         stops.append(s)
     return stops
+
+
+def chunk_length(every: list[int], remaining: int) -> int:
+    """Steps per compiled chunk: at most ``min(every)``, covering ``remaining``.
+
+    Shorter runs round up to a power of two (the steps past ``stop`` are skipped
+    inside the chunk), so calls of 5, 6 or 8 remaining steps share one program.
+    """
+    cap = min(every)
+    return min(cap, 1 << max(remaining - 1, 0).bit_length())

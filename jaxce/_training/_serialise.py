@@ -2,9 +2,11 @@
 
 The file is what Equinox's serialisation guide recommends: one line of JSON
 (``{"format": ..., "class": ..., "hyperparameters": {...}, "leaves": [...]}``)
-followed by `equinox.tree_serialise_leaves` of the model. The hyperparameters are
-the model's static dataclass fields (``in_features``, ``num_classes``, ``width``,
-``depth`` for the jaxce models).
+followed by `equinox.tree_serialise_leaves` of the model, and the CRC-32 trailer
+of `._files` that covers every byte (the checkpoints' integrity check). The
+hyperparameters are the model's static dataclass fields (``in_features``,
+``num_classes``, ``width``, ``depth`` for the jaxce models). Files of format
+``jaxce.model/1`` (no trailer) still load.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from ._files import (
     write_file,
 )
 
-FORMAT = "jaxce.model/1"
+FORMAT = "jaxce.model/2"
+LEGACY_FORMATS = ("jaxce.model/1",)  # before the CRC trailer: read unchecked
 
 # The jaxce models are recorded by their public name; files written by jaxce 0.1,
 # which recorded the private module the classes then lived in, still load.
@@ -101,8 +104,9 @@ def load(path: str | os.PathLike, like: eqx.Module | type) -> Any:
         The saved model, leaf for leaf.
 
     Raises:
-        ValueError: the file is not a jaxce model file, or its class,
-            hyperparameters or leaf shapes differ from ``like``.
+        ValueError: the file is not a jaxce model file, is corrupt (its CRC-32
+            does not match: any flipped bit, truncation or appended byte), or
+            its class, hyperparameters or leaf shapes differ from ``like``.
 
     Examples:
         >>> import os, tempfile, jax, jax.numpy as jnp, jaxce
@@ -124,19 +128,34 @@ def load(path: str | os.PathLike, like: eqx.Module | type) -> Any:
         >>> print(bool((like.weight == model.weight).all()))
         True
     """
+    name = os.fspath(path)
     header, body = read_file(
-        path,
-        FORMAT,
-        ValueError(f"{os.fspath(path)!r} is not a model saved by jaxce.save."),
-    )
+        path, FORMAT, ValueError, what="a model saved by jaxce.save",
+        unchecked=LEGACY_FORMATS,
+    )  # fmt: skip
+    saved_class = str(header.get("class"))
+    saved_class = _OLD_NAMES.get(saved_class, saved_class)
+    hparams = header.get("hyperparameters")
+    if not isinstance(hparams, dict) or not isinstance(header.get("leaves"), list):
+        raise ValueError(f"{name!r} has an incomplete header; it is no jaxce model.")
     template: Any = like
     if isinstance(like, type):
+        if saved_class != _class_name(like):
+            raise ValueError(
+                f"{name!r} holds a different model: its class is {saved_class}, "
+                f"`like` is {_class_name(like)}."
+            )
         cls: Any = like
-        template = eqx.filter_eval_shape(
-            lambda: cls(**header["hyperparameters"], key=jax.random.key(0))
-        )
-    saved_class = _OLD_NAMES.get(header["class"], header["class"])
-    saved = (saved_class, header["hyperparameters"], header["leaves"])
+        try:
+            template = eqx.filter_eval_shape(
+                lambda: cls(**hparams, key=jax.random.key(0))
+            )
+        except TypeError as err:
+            raise ValueError(
+                f"{name!r}: {_class_name(like)} cannot be rebuilt from the saved "
+                f"hyperparameters {hparams}: {err}"
+            ) from err
+    saved = (saved_class, hparams, header["leaves"])
     arrays = eqx.filter(template, _is_leaf_array)
     ours = (
         _class_name(type(template)),
@@ -150,10 +169,10 @@ def load(path: str | os.PathLike, like: eqx.Module | type) -> Any:
     for what, a, b in zip(("class", "hyperparameters", "leaves"), saved, ours):
         if a != b:
             raise ValueError(
-                f"{os.fspath(path)!r} holds a different model: its {what} are "
-                f"{a}, `like` has {b}."
+                f"{name!r} holds a different model: {what} {a} in the file, {b} "
+                "in `like`."
             )
     try:
         return deserialise_leaves(body, template)
     except Exception as err:  # truncated or corrupt payloads
-        raise ValueError(f"{os.fspath(path)!r} could not be read: {err}") from err
+        raise ValueError(f"{name!r} could not be read: {err}") from err

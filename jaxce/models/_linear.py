@@ -5,7 +5,10 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
+
+from ._sizes import check_size
 
 
 class LogisticRegression(eqx.Module):
@@ -26,7 +29,8 @@ class LogisticRegression(eqx.Module):
     bias: Float[Array, ""]
     in_features: int = eqx.field(static=True)
 
-    def __init__(self, in_features: int, *, key: PRNGKeyArray):
+    def __init__(self, in_features: int | np.integer, *, key: PRNGKeyArray):
+        in_features = check_size("in_features", in_features, 1)
         lim = 1.0 / jnp.sqrt(in_features)
         self.weight = jax.random.uniform(key, (in_features,), minval=-lim, maxval=lim)
         self.bias = jnp.zeros(())
@@ -55,7 +59,15 @@ class SoftmaxRegression(eqx.Module):
     in_features: int = eqx.field(static=True)
     num_classes: int = eqx.field(static=True)
 
-    def __init__(self, in_features: int, num_classes: int, *, key: PRNGKeyArray):
+    def __init__(
+        self,
+        in_features: int | np.integer,
+        num_classes: int | np.integer,
+        *,
+        key: PRNGKeyArray,
+    ):
+        in_features = check_size("in_features", in_features, 1)
+        num_classes = check_size("num_classes", num_classes, 2)
         lim = 1.0 / jnp.sqrt(in_features)
         self.weight = jax.random.uniform(
             key, (num_classes, in_features), minval=-lim, maxval=lim

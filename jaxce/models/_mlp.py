@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import equinox as eqx
 import jax
+import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
+
+from ._sizes import check_size
 
 
 class MLPClassifier(eqx.Module):
@@ -35,21 +38,17 @@ class MLPClassifier(eqx.Module):
 
     def __init__(
         self,
-        in_features: int,
-        num_classes: int,
+        in_features: int | np.integer,
+        num_classes: int | np.integer,
         *,
-        width: int,
-        depth: int,
+        width: int | np.integer,
+        depth: int | np.integer,
         key: PRNGKeyArray,
     ):
-        for name, value, low in [
-            ("in_features", in_features, 1),
-            ("num_classes", num_classes, 2),
-            ("width", width, 1),
-            ("depth", depth, 0),
-        ]:
-            if not isinstance(value, int) or value < low:
-                raise ValueError(f"`{name}` must be an int >= {low}, got {value!r}.")
+        in_features = check_size("in_features", in_features, 1)
+        num_classes = check_size("num_classes", num_classes, 2)
+        width = check_size("width", width, 1)
+        depth = check_size("depth", depth, 0)
         sizes = [in_features] + [width] * depth + [num_classes]
         keys = jax.random.split(key, depth + 1)
         self.layers = tuple(
