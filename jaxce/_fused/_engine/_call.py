@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,11 +34,12 @@ from ._plan import Blocks, block_sizes, check_budget, check_chunk_size
 
 class Head(NamedTuple):
     """A linear head: ``hidden (N, D)``, ``weight`` in its layout, ``bias (V,)``
-    or None (the differentiable arrays of a walk)."""
+    or None (the differentiable arrays of a walk). The same tree holds a head's
+    ``shard_map`` specs and its gradients (None where not formed)."""
 
-    hidden: Array
-    weight: Array
-    bias: Array | None
+    hidden: Any
+    weight: Any
+    bias: Any
 
 
 def check_weight_layout(weight_layout: object) -> str:

@@ -62,7 +62,7 @@ class Local(NamedTuple):
     limit: Any
     vocab: Vocab
     order: Array | None
-    count: Array | None
+    num_present: Array | None
 
     def pack(self, tree):
         order = self.order
@@ -92,7 +92,7 @@ def local_view(st: Static, head: Head, tokens: Tokens) -> Local:
 
 def walk_options(st: Static, loc: Local) -> dict:
     return dict(
-        weight_layout=st.weight_layout, softcap=st.softcap, count=loc.count,
+        weight_layout=st.weight_layout, softcap=st.softcap, count=loc.num_present,
         limit=loc.limit,
     )  # fmt: skip
 

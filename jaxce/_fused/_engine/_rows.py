@@ -134,6 +134,7 @@ def row_pass(
         z = logits(head, h, keep)
         zs = tuple(logits(a, sl(a.hidden), keep) for a in aux)
         blk = Block(cols, valid, sl(labels), (), tuple(sl(x) for x in tokens))
+        dz = dpj = None
         if grads:
             assert coef is not None
             k = jnp.where(keep, sl(coef).astype(cdt), zero)
@@ -145,7 +146,7 @@ def row_pass(
         per = jnp.where(keep, per.astype(cdt), zero)
         put = jnp.where(own, per, sl(out))
         out = lax.dynamic_update_slice_in_dim(out, put, t_start, 0)
-        if not grads:
+        if dz is None:
             return out, dh, dw, db, dp
         dz = softcap_grad(dz, z, softcap)
         dz = jnp.where(keep[:, None] & valid[None, :], dz, zero)

@@ -120,9 +120,8 @@ def _streamed_bwd(stat, st: Static, res, cts):
     if lay is not None:
         hs, cs = head_spec(lay, head), (lay.vocab_spec(),) * len(classes)
         specs, out = (hs, cs, lay.row(), lay.row(), lay.row()), (hs, cs)
-        saved, cts = (
-            jax.tree.map(lambda x: lay.place(x, lay.row()), t) for t in (saved, cts)
-        )
+        place = functools.partial(lay.place, spec=lay.row())
+        saved, cts = (jax.tree.map(place, t) for t in (saved, cts))
     g, dcls = run_on(fn, st, (head, classes, tokens, saved, cts), specs, out)
     return g, dcls, None
 
@@ -192,7 +191,7 @@ def _run_rows(loss, st: Static, want: Want, head, aux, params, tokens, coef):
             if coef is not None and want.params and jax.tree.leaves(params)
             else None
         )
-        out = RowsOut(lay.row(), grads, dp)
+        out = RowsOut._make((lay.row(), grads, dp))
         if coef is not None:
             coef = lay.place(coef, lay.row())
     return run_on(fn, st, (head, aux, params, tokens, coef), specs, out)
@@ -276,15 +275,15 @@ def rows(
     (replicated, e.g. class weights) are not supported on a mesh.
     """
     tokens = Tokens(call.labels, call.present) if tokens is None else tokens
-    n, heads = head.hidden.shape[0], 1 + len(aux)
+    n, count = head.hidden.shape[0], 1 + len(aux)
     if lay is not None:
         if jax.tree.leaves(params):
             raise NotImplementedError("row-loss parameters on a mesh")
-        lay, (head, *aux), _, (tokens, coef) = on_mesh(
+        lay, placed, _, (tokens, coef) = on_mesh(
             call, lay, (head, *aux), (), (tokens, coef)
         )
-        aux = tuple(aux)
-    st = static_of(call, lay, n, heads)
+        head, aux = placed[0], placed[1:]
+    st = static_of(call, lay, n, count)
     if coef is None:
         out = cast(Array, _rows_each(loss, st, head, aux, params, tokens))
         return out if lay is None else unpad(lay, out, n)

@@ -14,7 +14,7 @@ A family writes only its `Statistic`: ``init`` / ``update`` (one block) /
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -222,8 +222,8 @@ def walk_grads(
         )
         dh, dwj, dbj, dcj = token_blocks(n, t, block, acc, count)
         dw = add_slice(dw, dwj, start, ax)
-        db = None if db is None else add_slice(db, dbj, start)
-        dcls = tuple(add_slice(a, x, start) for a, x in zip(dcls, dcj))
+        db = None if db is None or dbj is None else add_slice(db, dbj, start)
+        dcls = tuple(add_slice(a, cast(Array, x), start) for a, x in zip(dcls, dcj))
         return dh, dw, db, dcls
 
     init = (
