@@ -43,6 +43,13 @@ def sigmoid_binary_cross_entropy(
     ``binary_cross_entropy_with_logits(weight=)`` and Keras divide by the element
     count: ``reduction="sum_over_batch_size"``.
 
+    Differentiable in ``labels`` too (soft labels, label optimisation):
+    $\partial L / \partial y = \log \sigma(-z) - p_w \log \sigma(z)$, which is
+    $-z$ for $p_w = 1$, at labels of exactly 0 and 1 included (PyTorch's). At
+    $z = \mp\infty$ with the matching label the loss is 0 and the label
+    derivative of the vanishing term (mathematically infinite: the loss jumps to
+    $+\infty$ for any other label) is taken as 0.
+
     Args:
         logits: scores $z$, any shape.
         labels: 0/1 or soft labels in $[0, 1]$, the shape of ``logits``.
@@ -110,6 +117,8 @@ def binary_cross_entropy(
     ``eps=1e-15`` the seed article's NumPy code. Prefer
     `sigmoid_binary_cross_entropy` when you have logits. PyTorch ``BCELoss``
     (which divides by the element count) is ``reduction="sum_over_batch_size"``.
+    The gradient in ``labels`` is $\log(1 - \bar p) - \log \bar p$ everywhere,
+    labels of 0 and 1 included.
 
     Args:
         probs: predicted probabilities $p$ of the positive class.

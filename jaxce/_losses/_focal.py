@@ -89,6 +89,12 @@ def sigmoid_focal_loss(
     ``reduction="sum_over_batch_size"``. $\alpha_t$ is part of the per-element loss,
     not of the ``"mean"`` denominator (which uses ``weights`` only).
 
+    $(1 - p_t)^\gamma$ is formed from $\log(1 - p_t)$ in log space (finite
+    gradients and Hessians at saturated logits), with the exact derivative in
+    the labels, 0 and 1 included (PyTorch's / torchvision's formula; optax's
+    log-space version drops a term there). For $\gamma < 1$ that derivative is
+    unbounded where $1 - p_t \to 0$ and may be ``inf``.
+
     Args:
         logits: scores $z$.
         labels: 0/1 or soft labels in $[0, 1]$, the shape of ``logits``.

@@ -58,7 +58,9 @@ def categorical_cross_entropy(
     with targets smoothed to $(1 - \varepsilon) t + \varepsilon / K$. Reductions,
     class weights and ``where`` behave as in `softmax_cross_entropy`. Keras
     ``CategoricalCrossentropy`` is ``eps=1e-7, reduction="sum_over_batch_size"``
-    (on rows that sum to 1).
+    (on rows that sum to 1). The gradient in ``targets`` is $-w_c \log \bar p_c$
+    (times the smoothing's $1 - \varepsilon$ and the reduction's coefficient),
+    also where $t_c = 0$.
 
     Args:
         probs: predicted probabilities, classes along ``axis``.
