@@ -3,11 +3,12 @@ uninterrupted result.
 
 A child process trains with a checkpoint every 5 steps; once it has written one,
 the test kills it with SIGKILL at a random moment (during a step, the metrics or
-a checkpoint write), a few times, then lets one run finish. The checkpoint never
-goes back, no temporary file is left, the lock of each killed run is free for
-the next, and the final model and loss history equal an uninterrupted run in
-this process. Bounded: at most ``KILLS`` kills and ``KILLS + 2`` children, and
-the children share a persistent compilation cache.
+a checkpoint write), a few times, then lets one run finish. While the first
+child runs, a second `fit` on its directory (from this process) is refused.
+The checkpoint never goes back, no temporary file is left, the lock of each
+killed run is free for the next, and the final model and loss history equal an
+uninterrupted run in this process, bit for bit. Bounded: at most ``KILLS``
+kills and ``KILLS + 2`` children, sharing a persistent compilation cache.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from jaxce._training._lock import LOCKNAME
 from jaxce.models import MLPClassifier
 
 KILLS = 3
-STEPS = 300
+STEPS = 2000
 CHILD = textwrap.dedent(
     """
     import sys
@@ -82,6 +83,10 @@ def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path):
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     command = [sys.executable, "-c", CHILD, str(run_dir), str(out), str(tmp_path / "h")]
     rng = np.random.default_rng(2026)
+    # the uninterrupted run, first: it also compiles what this process needs, so
+    # that its second `fit` below is quick to reach the lock
+    x, y = data()
+    reference, history = jaxce.fit(model(), x, y, **options())
     kills, steps_seen, finished = 0, [0], False
     for _ in range(KILLS + 2):
         child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
@@ -94,7 +99,10 @@ def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path):
                 while _step(run_dir) == start and child.poll() is None:
                     assert time.monotonic() < deadline, "no progress"
                     time.sleep(0.01)
-                time.sleep(rng.uniform(0.0, 1.0))
+                if kills == 0:  # a second run on the directory is refused
+                    with pytest.raises(jaxce.CheckpointError, match=f"pid {child.pid}"):
+                        jaxce.fit(model(), x, y, checkpoint_dir=run_dir, **options())
+                time.sleep(rng.uniform(0.0, 1.5))
             if kills < KILLS and child.poll() is None:
                 child.send_signal(signal.SIGKILL)
                 kills += 1
@@ -111,8 +119,6 @@ def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path):
     assert steps_seen[-1] == STEPS
     assert sorted(os.listdir(run_dir)) == [LOCKNAME, FILENAME]  # no temporaries
 
-    x, y = data()
-    reference, history = jaxce.fit(model(), x, y, **options())
     resumed = jaxce.load(out, MLPClassifier)
     for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(reference)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

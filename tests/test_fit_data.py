@@ -272,3 +272,10 @@ def test_numpy_integers_are_integers():
     )  # fmt: skip
     assert h["loss"].shape == (4,) and h["step"].tolist() == [2, 4]
     assert isinstance(h["step"][0], np.integer)
+
+
+def test_eval_data_must_be_shaped_like_the_training_data(never_trains):
+    with pytest.raises(
+        ValueError, match=r"`eval_data\[0\]` has examples of shape \(3,\)"
+    ):  # noqa: E501
+        fit(_softmax(), X, Y10, steps=3, key=KEY, eval_data=(X[:, :3], Y10))

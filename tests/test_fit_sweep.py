@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import optax
 import pytest
+from helpers import load_example
 
 import jaxce
 from jaxce._training._structure import SameUpdate
@@ -89,3 +90,10 @@ def test_same_update_compares_programs():
     assert not same(optax.sgd(0.1), optax.sgd(0.1, momentum=0.9))
     assert same(_injected(learning_rate=0.1), _injected(learning_rate=0.2))
     assert not same(_injected(learning_rate=0.1), optax.adam(0.1))
+
+
+def test_the_sweep_example_compiles_once():
+    example = load_example("lr_sweep")
+    rows = example.sweep(example.injected_adam, rates=(0.1, 0.03, 0.01), steps=20)
+    assert [r["compiles"] for r in rows[1:]] == [0, 0]
+    assert all(0 < r["test_accuracy"] <= 1 for r in rows)

@@ -139,8 +139,8 @@ def check_data(x: ArrayLike, y: ArrayLike, xname: str, yname: str):
     return x, y
 
 
-def check_eval_data(eval_data: Any):
-    """``None`` or the checked pair ``(x_eval, y_eval)``."""
+def check_eval_data(eval_data: Any, x: Any, y: Any):
+    """``None`` or the checked pair ``(x_eval, y_eval)``, shaped like ``x``, ``y``."""
     if eval_data is None:
         return None
     if not isinstance(eval_data, tuple | list) or len(eval_data) != 2:
@@ -150,8 +150,18 @@ def check_eval_data(eval_data: Any):
         raise TypeError(
             f"`eval_data` must be None or a pair `(x_eval, y_eval)`, got {got}."
         )
-    x_eval, y_eval = eval_data
-    return check_data(x_eval, y_eval, "eval_data[0]", "eval_data[1]")
+    first, second = eval_data
+    x_eval, y_eval = check_data(first, second, "eval_data[0]", "eval_data[1]")
+    for name, ours, theirs, what in (
+        ("eval_data[0]", x_eval, x, "x"),
+        ("eval_data[1]", y_eval, y, "y"),
+    ):
+        if ours.shape[1:] != theirs.shape[1:]:
+            raise ValueError(
+                f"`{name}` has examples of shape {ours.shape[1:]}, `{what}` of shape "
+                f"{theirs.shape[1:]}."
+            )
+    return x_eval, y_eval
 
 
 def check_trainable(params: Any, name: str, model: Any) -> None:

@@ -126,7 +126,7 @@ def fit_ensemble(
     if optimizer is None:
         optimizer = _engine.default_optimizer()
     optimizer = check_optimizer(optimizer)
-    evals = check_eval_data(eval_data)
+    evals = check_eval_data(eval_data, x, y)
     axis = resolve_mesh(mesh, member_axis, "member_axis")
     if mesh is not None and members % mesh.shape[axis]:
         raise ValueError(

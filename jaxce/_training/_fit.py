@@ -216,7 +216,7 @@ def fit(
     if optimizer is None:
         optimizer = _engine.default_optimizer()
     optimizer = check_optimizer(optimizer)
-    evals = check_eval_data(eval_data)
+    evals = check_eval_data(eval_data, x, y)
     axis = resolve_mesh(mesh, batch_axis, "batch_axis")
     out = example_output(model, x[0], "model")
     params, static = eqx.partition(model, eqx.is_inexact_array)
