@@ -151,13 +151,19 @@ class Call:
         return jnp.dtype(compute_dtype(self.head.hidden.dtype))
 
     def plan(
-        self, n: int | None = None, v: int | None = None, heads: int = 1
+        self,
+        n: int | None = None,
+        v: int | None = None,
+        heads: int = 1,
+        platform: str = "cpu",
     ) -> Blocks:
         """The blocks for ``n`` tokens and ``v`` classes per device (default:
-        the whole call), ``heads`` logits blocks sharing the budget."""
+        the whole call), ``heads`` logits blocks sharing the budget, on
+        ``platform``."""
         n = self.num_tokens if n is None else n
         v = self.num_classes if v is None else v
-        return block_sizes(n, v, self.chunk_size, self.budget, self.compact, heads)
+        args = (self.chunk_size, self.budget, self.compact, heads, platform)
+        return block_sizes(n, v, *args)
 
 
 def check_labels(labels: ArrayLike, n: int, name: str = "labels") -> Array:

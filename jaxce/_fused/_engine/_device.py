@@ -10,6 +10,7 @@ device or under the mesh's ``shard_map``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -20,18 +21,31 @@ from jaxtyping import Array
 from ._call import Call, Head
 from ._kernels import class_axis, num_classes
 from ._mesh import Layout, Vocab, pad_rows
-from ._plan import Blocks
+from ._plan import PLATFORMS, Blocks
 
 
 @dataclasses.dataclass(frozen=True)
 class Static:
     """Hashable configuration of one walk (a ``custom_vjp`` nondiff argument)."""
 
-    blocks: Blocks
+    blocks: Blocks  # the CPU's plan (and every platform's without `plans`)
     weight_layout: str
     softcap: float | None
     lay: Layout | None
     compact: bool
+    plans: tuple = ()  # ((platform, Blocks), ...): the plans that differ
+
+    def dispatch(self, fn: Callable, *args):
+        """``fn(static, *args)`` with the plan of the platform the module is
+        lowered for (`jax.lax.platform_dependent`; one branch when every
+        platform has the same plan)."""
+        if not self.plans:
+            return fn(self, *args)
+        one = lambda b: functools.partial(  # noqa: E731
+            fn, dataclasses.replace(self, blocks=b, plans=())
+        )
+        branches = {p: one(b) for p, b in self.plans}
+        return jax.lax.platform_dependent(*args, default=one(self.blocks), **branches)
 
 
 class Tokens(NamedTuple):
@@ -43,10 +57,14 @@ class Tokens(NamedTuple):
 
 
 def run_on(local: Callable, st: Static, args: tuple, in_specs, out_specs):
-    """``local(*args)`` on one device, or under the mesh's ``shard_map``."""
-    if st.lay is None:
-        return local(*args)
-    return st.lay.run(local, args, in_specs, out_specs)
+    """``local(static)(*args)`` on one device or under the mesh's ``shard_map``,
+    with the plan of the platform the module is lowered for."""
+
+    def one(s: Static, *a):
+        fn = local(s)
+        return fn(*a) if s.lay is None else s.lay.run(fn, a, in_specs, out_specs)
+
+    return st.dispatch(one, *args)
 
 
 def head_spec(lay: Layout, head: Head) -> Head:
@@ -116,13 +134,15 @@ def reduce_grads(st: Static, grads: Head, head: Head, cdt) -> Head:
 
 
 def static_of(call: Call, lay: Layout | None, n: int, heads: int) -> Static:
-    if lay is None:
-        blocks = call.plan(heads=heads)
-    else:
-        v = lay.padded(n, call.num_classes)[2]
-        nb, nv = lay.size(lay.batch_axis), lay.size(lay.vocab_axis)
-        blocks = call.plan(lay.padded(n, 1)[1] // nb, v // nv, heads)
-    return Static(blocks, call.weight_layout, call.softcap, lay, call.compact)
+    """The walk's configuration, with a plan for each platform (`PLATFORMS`)."""
+    v = call.num_classes
+    if lay is not None:  # one device's rows and classes
+        n_pad, v_pad = lay.padded(n, v)[1:]
+        n, v = n_pad // lay.size(lay.batch_axis), v_pad // lay.size(lay.vocab_axis)
+    cpu = call.plan(n, v, heads)
+    others = tuple((p, call.plan(n, v, heads, p)) for p in PLATFORMS if p != "cpu")
+    plans = tuple((p, b) for p, b in others if b != cpu)
+    return Static(cpu, call.weight_layout, call.softcap, lay, call.compact, plans)
 
 
 def on_mesh(call: Call, lay: Layout, heads: tuple, classes, rows):

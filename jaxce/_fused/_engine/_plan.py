@@ -18,9 +18,19 @@ import jax.numpy as jnp
 from ..._core import check_positive_int
 
 BLOCK_ELEMENTS = 1 << 24
-"""The one logits-block budget: 16 Mi elements (64 MiB in float32)."""
+"""The CPU's logits-block budget: 16 Mi elements (64 MiB in float32)."""
 DEFAULT_CHUNK = 2048
-"""Classes per vocabulary block when ``chunk_size`` is None."""
+"""Classes per vocabulary block when ``chunk_size`` is None (CPU)."""
+ACCELERATOR_ELEMENTS = 1 << 27
+"""A GPU's / TPU's logits-block budget: 128 Mi elements (512 MiB in float32;
+2 GiB for the four live arrays). At an LLM head (V = 128256) a row chunk then
+has 1024 tokens, so its weight-gradient GEMMs contract over 1024 rows and the
+float32 ``dW`` accumulator is rewritten N / 1024 times, not N / 130."""
+ACCELERATOR_CHUNK = 8192
+"""Classes per vocabulary block on a GPU / TPU when ``chunk_size`` is None:
+fewer vocabulary blocks, so fewer rewrites of the ``(N, D)`` ``d_hidden``."""
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+"""The platforms with a plan of their own (others get the CPU's)."""
 MIN_TOKEN_BLOCK = 256
 """Fewest tokens per vocabulary block (keeps the matmul from degenerating)."""
 MIN_AUTO_CHUNK = 128
@@ -94,6 +104,7 @@ def block_sizes(
     budget: int | None = None,
     compact: bool = False,
     heads: int = 1,
+    platform: str = "cpu",
 ) -> Blocks:
     """Every block size for ``n`` tokens and a vocabulary (slice) of ``v`` classes.
 
@@ -116,13 +127,20 @@ def block_sizes(
       skipped): a vocabulary block has at most ``ceil(n / 8)`` tokens (at least
       256), so that skipping has blocks to skip;
     - ``heads`` logits blocks formed at once share the budget: each gets
-      ``B // heads``.
+      ``B // heads``;
+    - ``platform`` (the one the module is lowered for): ``"cpu"`` as above;
+      ``"cuda"``, ``"rocm"`` and ``"tpu"`` default to ``B`` =
+      `ACCELERATOR_ELEMENTS` and 8192-class vocabulary blocks. An explicit
+      ``budget`` / ``chunk_size`` overrides the platform's.
     """
-    budget = max(1, (BLOCK_ELEMENTS if budget is None else budget) // heads)
+    accel = platform != "cpu"
+    default = ACCELERATOR_ELEMENTS if accel else BLOCK_ELEMENTS
+    budget = max(1, (default if budget is None else budget) // heads)
     if chunk_size == "auto":
         root = math.isqrt(budget) // MIN_AUTO_CHUNK * MIN_AUTO_CHUNK
         chunk_size = max(MIN_AUTO_CHUNK, root)
-    c = max(1, min(DEFAULT_CHUNK if chunk_size is None else int(chunk_size), v))
+    default_chunk = ACCELERATOR_CHUNK if accel else DEFAULT_CHUNK
+    c = max(1, min(default_chunk if chunk_size is None else int(chunk_size), v))
     t = max(1, min(n, max(MIN_TOKEN_BLOCK, budget // c)))
     if compact:
         t = min(t, max(MIN_TOKEN_BLOCK, -(-n // COMPACT_BLOCKS)))

@@ -87,7 +87,7 @@ def _run_stream(stat: Statistic, st: Static, head: Head, classes, tokens: Tokens
     specs = None
     if lay is not None:
         specs = (head_spec(lay, head), (lay.vocab_spec(),) * len(classes), lay.row())
-    fn = functools.partial(_stream_local, stat, st)
+    fn = lambda s: functools.partial(_stream_local, stat, s)  # noqa: E731
     return run_on(
         fn, st, (head, classes, tokens), specs, None if lay is None else lay.row()
     )
@@ -115,7 +115,7 @@ def _streamed_bwd(stat, st: Static, res, cts):
     cdt = compute_dtype(head.hidden.dtype, head.weight.dtype)
     cts = jax.tree.map(lambda c: _float_ct(c, tokens.present, cdt), cts)
     lay = st.lay
-    fn = functools.partial(_stream_grads_local, stat, st)
+    fn = lambda s: functools.partial(_stream_grads_local, stat, s)  # noqa: E731
     specs = out = None
     if lay is not None:
         hs, cs = head_spec(lay, head), (lay.vocab_spec(),) * len(classes)
@@ -174,7 +174,7 @@ def _rows_local(
 
 
 def _run_rows(loss, st: Static, want: Want, head, aux, params, tokens, coef):
-    fn = functools.partial(_rows_local, loss, st, want)
+    fn = lambda s: functools.partial(_rows_local, loss, s, want)  # noqa: E731
     lay = st.lay
     specs = out = None
     if lay is not None:
