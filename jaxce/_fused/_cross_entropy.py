@@ -122,10 +122,14 @@ def linear_softmax_cross_entropy(
             ``sum_n s_n L_n / Z`` (exact gradient accumulation over
             microbatches); differentiable.
         reduction: ``"none"``, ``"sum"``, ``"mean"`` or ``"sum_over_batch_size"``.
-        chunk_size: classes per vocabulary block (an int >= 1, None: 2048, or
-            ``"auto"``). Results do not depend on it.
-        memory_budget_bytes: bytes for the logits blocks (None: 256 MiB); see
-            the docs for the plan. Results do not depend on it.
+        chunk_size: classes per vocabulary block (an int >= 1; None: 2048 on
+            CPU, 8192 on GPU / TPU; ``"auto"``). Results do not depend on it.
+        memory_budget_bytes: bytes for the logits blocks, four live arrays of
+            ``B`` elements each (None: 256 MiB on CPU, 2 GiB on GPU / TPU: the
+            plan follows the platform the module is *lowered* for, so an
+            exported CUDA module carries the GPU's blocks); a token chunk of
+            the row path has ``B // V`` tokens (1024 at ``V = 128256`` on a
+            GPU). Results do not depend on it.
         weight_layout: ``"vd"`` or ``"dv"``; ``weight`` is contracted in place,
             never transposed, and its gradient has its shape.
         compact: skip the work of absent tokens (packed to the front, blocks
