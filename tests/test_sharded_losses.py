@@ -14,10 +14,6 @@ batch, gradients like the input).
 from __future__ import annotations
 
 import functools
-import os
-import pathlib
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -134,32 +130,6 @@ def test_issue_example_sparse_label_smoothing():
     got = jax.jit(jax.value_and_grad(f))(zs, ys)
     assert_tree_allclose(got, jax.jit(jax.value_and_grad(f))(z, y), **TOL)
     assert got[1].sharding.spec == P("data", "classes")
-
-
-def test_readme_sharding_example_runs_as_pasted():
-    """The README's "Sharding" block, run in a fresh Python as a user pastes it,
-    prints the single-device losses and shardings like the inputs."""
-    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme.split("## Sharding\n", 1)[1]
-    code = section.split("```python\n", 1)[1].split("```", 1)[0]
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS",)}
-    env.pop("JAX_NUM_CPU_DEVICES", None)
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env,
-        timeout=300, check=True,
-    ).stdout  # fmt: skip
-    # The same numbers on one device, here.
-    k1, k2, k3, k4 = jax.random.split(jax.random.key(0), 4)
-    logits = jax.random.normal(k1, (64, 1000))
-    labels = jax.random.randint(k2, (64,), 0, 1000)
-    plain = jaxce.sparse_softmax_cross_entropy(logits, labels, label_smoothing=0.1)
-    hidden = jax.random.normal(k3, (61, 128))
-    weight = jax.random.normal(k4, (4099, 128)) / 16
-    tokens = jax.random.randint(k2, (61,), 0, 4099)
-    fused = jaxce.linear_softmax_cross_entropy(hidden, weight, tokens)
-    assert f"loss {float(plain):.4f}, gradient split like the logits: " in out
-    assert "P('data', 'vocab')" in out
-    assert f"fused loss {float(fused):.4f}, d_weight (4099, 128)" in out
 
 
 # -- the fused losses on explicitly sharded input, without `mesh=` ------------------
