@@ -20,7 +20,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import jaxce
-from tests.helpers import assert_tree_allclose
+from tests.helpers import assert_tree_allclose, covering, jit_call
 from tests.test_sharded import axes, collectives, meshes
 
 TOL = dict(rtol=2e-5, atol=2e-5)
@@ -53,7 +53,10 @@ def stats_objective(h, w, b, y, where, adv, weight_layout="vd", **kw):
     return value, s
 
 
+@functools.cache
 def stats_run(size: str, layout: str, **kw):
+    """Value, statistics and gradients, compiled; memoised (the one-device
+    results are the reference of several tests)."""
     h, w, b, _, _, y, where, adv = inputs(size)
     w = w if layout == "vd" else w.T
     f = functools.partial(stats_objective, weight_layout=layout, **kw)
@@ -61,9 +64,28 @@ def stats_run(size: str, layout: str, **kw):
     return jax.jit(lambda h, w, b: vg(h, w, b, y, where, adv))(h, w, b)
 
 
-@pytest.mark.parametrize("mesh_name", MESHES)
-@pytest.mark.parametrize("size", list(SIZES))
-@pytest.mark.parametrize("layout", ["vd", "dv"])
+# Every pair of (mesh, size, layout): each mesh with both sizes and both layouts,
+# each size with both layouts (the padded "dv" on a vocabulary mesh); 8 of the
+# 16 combinations. The layout is read by the per-block matmul only, the padding
+# by the mesh wrapper: independent by construction.
+STATS_CASES = covering(
+    [
+        ("vocab8", "even", "vd"),
+        ("vocab8", "padded", "dv"),
+        ("batch2_vocab4", "even", "dv"),
+        ("batch2_vocab4", "padded", "vd"),
+        ("batch8", "even", "vd"),
+        ("batch8", "padded", "dv"),
+        ("explicit_b2_v2x2", "even", "dv"),
+        ("explicit_b2_v2x2", "padded", "vd"),
+    ],
+    MESHES, list(SIZES), ["vd", "dv"],
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "mesh_name, size, layout", STATS_CASES, ids=["-".join(c) for c in STATS_CASES]
+)
 def test_token_stats_on_mesh_equal_single_device(mesh_name, size, layout):
     got = stats_run(size, layout, **axes(mesh_name))
     want = stats_run(size, layout)
@@ -80,22 +102,28 @@ def test_token_stats_argmax_ties_and_banned_shard():
     w = jnp.ones((v, D))
     y = jnp.arange(n) * 5
     kw = axes("vocab8")
-    s = jaxce.linear_token_stats(h, w, y, **kw)
+    s = jit_call(jaxce.linear_token_stats, h, w, y, **kw)
     np.testing.assert_array_equal(s.argmax, np.zeros(n))
     r = np.random.default_rng(3)
     w = jnp.asarray(r.standard_normal((v, D)), jnp.float32)
     bias = jnp.where(jnp.arange(v) < 24, -jnp.inf, 0.0)
     y = 24 + jnp.arange(n)
-
-    def f(h, w, **kw):
-        s = jaxce.linear_token_stats(h, w, y, bias=bias, **kw)
-        return jnp.sum(s.logprob + s.entropy), s
-
-    got = jax.value_and_grad(f, (0, 1), has_aux=True)(h, w, **kw)
-    want = jax.value_and_grad(f, (0, 1), has_aux=True)(h, w)
+    got = jit_call(_banned_vg, h, w, y, bias, **kw)
+    want = jit_call(_banned_vg, h, w, y, bias)
     assert_tree_allclose(got, want, **TOL)
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(got))
     assert np.all(np.asarray(got[0][1].argmax) >= 24)
+
+
+def _banned_objective(h, w, y, bias, **kw):
+    s = jaxce.linear_token_stats(h, w, y, bias=bias, **kw)
+    return jnp.sum(s.logprob + s.entropy), s
+
+
+def _banned_vg(h, w, y, bias, **kw):
+    return jax.value_and_grad(_banned_objective, (0, 1), has_aux=True)(
+        h, w, y, bias, **kw
+    )
 
 
 def test_blocks_of_padding_only():
@@ -195,7 +223,10 @@ def distill_objective(hs, ws, bs, ht, wt, where, weights, kind, beta, reduction,
     return jnp.sum(out * jnp.linspace(0.5, 1.5, n)) if reduction == "none" else out
 
 
+@functools.cache
 def distill_run(size: str, kind: str, beta: float, reduction: str, **kw):
+    """Value and gradients, compiled; memoised (the one-device results are the
+    reference of several tests)."""
     hs, ws, bs, ht, wt, _, where, adv = inputs(size)
     weights = jnp.abs(adv) + 0.1
     f = functools.partial(
@@ -205,13 +236,42 @@ def distill_run(size: str, kind: str, beta: float, reduction: str, **kw):
     return jax.jit(lambda *a: vg(*a, where, weights))(hs, ws, bs, ht, wt)
 
 
-@pytest.mark.parametrize("mesh_name", MESHES)
-@pytest.mark.parametrize("size", list(SIZES))
-@pytest.mark.parametrize("kind, beta", KIND_BETAS)
-@pytest.mark.parametrize("reduction", ["mean", "none"])
+# Every pair of (mesh, size, kind, reduction), 12 of the 48 combinations: each
+# kind on each mesh, each mesh and each kind with both sizes and both
+# reductions, each size with both reductions, and each kind with a padded
+# vocabulary (the padded size on a vocabulary-split mesh).
+DISTILL_CASES = covering(
+    [
+        ("vocab8", "even", KIND_BETAS[0], "mean"),
+        ("vocab8", "padded", KIND_BETAS[1], "none"),
+        ("vocab8", "padded", KIND_BETAS[2], "mean"),
+        ("batch2_vocab4", "padded", KIND_BETAS[0], "none"),
+        ("batch2_vocab4", "even", KIND_BETAS[1], "mean"),
+        ("batch2_vocab4", "even", KIND_BETAS[2], "none"),
+        ("batch8", "padded", KIND_BETAS[0], "mean"),
+        ("batch8", "even", KIND_BETAS[1], "none"),
+        ("batch8", "even", KIND_BETAS[2], "mean"),
+        ("explicit_b2_v2x2", "even", KIND_BETAS[0], "none"),
+        ("explicit_b2_v2x2", "padded", KIND_BETAS[1], "mean"),
+        ("explicit_b2_v2x2", "padded", KIND_BETAS[2], "none"),
+    ],
+    MESHES, list(SIZES), KIND_BETAS, ["mean", "none"],
+)  # fmt: skip
+VOCAB_SPLIT = {"vocab8", "batch2_vocab4", "explicit_b2_v2x2"}
+assert {c[2] for c in DISTILL_CASES if c[1] == "padded" and c[0] in VOCAB_SPLIT} == (
+    set(KIND_BETAS)
+)
+
+
+@pytest.mark.parametrize(
+    "mesh_name, size, kind_beta, reduction",
+    DISTILL_CASES,
+    ids=["-".join([m, s, k[0], r]) for m, s, k, r in DISTILL_CASES],
+)
 def test_distillation_on_mesh_equals_single_device(
-    mesh_name, size, kind, beta, reduction
+    mesh_name, size, kind_beta, reduction
 ):
+    kind, beta = kind_beta
     got = distill_run(size, kind, beta, reduction, **axes(mesh_name))
     want = distill_run(size, kind, beta, reduction)
     assert_tree_allclose(got, want, **TOL)
@@ -220,13 +280,20 @@ def test_distillation_on_mesh_equals_single_device(
     assert not np.any(np.asarray(d_ht)) and not np.any(np.asarray(d_wt))  # teacher
 
 
+def _nothing_present_vg(hs, ws, ht, wt, **kw):
+    def f(hs, ws):
+        return jaxce.linear_distillation_loss(
+            hs, ws, ht, wt, kind="jsd", where=jnp.zeros(hs.shape[0], bool), **kw
+        )
+
+    return jax.value_and_grad(f, (0, 1))(hs, ws)
+
+
 def test_distillation_nothing_present_on_mesh():
     hs, ws, _, ht, wt, _, _, _ = inputs("padded")
-    f = lambda hs, ws: jaxce.linear_distillation_loss(  # noqa: E731
-        hs, ws, ht, wt, kind="jsd", where=jnp.zeros(hs.shape[0], bool),
-        **axes("batch2_vocab4"),
-    )  # fmt: skip
-    value, grads = jax.value_and_grad(f, (0, 1))(hs, ws)
+    value, grads = jit_call(
+        _nothing_present_vg, hs, ws, ht, wt, **axes("batch2_vocab4")
+    )
     assert value == 0.0
     assert all(not np.any(np.asarray(g)) for g in grads)
 
