@@ -85,9 +85,7 @@ def jit_call(fn, *args, jit_tag=None, **kwargs):
     apart) and ``jit_tag``. ``jit_tag`` only separates compilations, for tests
     that patch something read at trace time (block sizes); ``fn`` must be a
     module-level function (a fresh lambda is a fresh cache entry)."""
-    static = tuple(
-        sorted((k, type(v), v) for k, v in kwargs.items() if _is_static(v))
-    )
+    static = tuple(sorted((k, type(v), v) for k, v in kwargs.items() if _is_static(v)))
     arrays = {k: v for k, v in kwargs.items() if not _is_static(v)}
     return _compiled(fn, static, jit_tag)(*args, **arrays)
 
@@ -188,3 +186,52 @@ def covering(cases, *levels):
     assert not missing, f"pairs (factor, level, factor, level) not covered: {missing}"
     assert all(c[k] in levels[k] for c in cases for k in range(len(levels)))
     return cases
+
+
+def missing_pairs(rows, levels, allowed=lambda row: True) -> list:
+    """The pairs of levels (of two options) that no row of ``rows`` (dicts,
+    option -> level) holds, among the pairs ``allowed`` admits."""
+    names = list(levels)
+    missing = []
+    for a, b in itertools.combinations(names, 2):
+        seen = {(row[a], row[b]) for row in rows}
+        missing += [((a, x), (b, y)) for x in levels[a] for y in levels[b]
+                    if (x, y) not in seen and allowed({a: x, b: y})]  # fmt: skip
+    return missing
+
+
+def pairwise(levels, allowed=lambda row: True) -> list[dict]:
+    """Rows (option -> level) that hold every pair of levels of every two options
+    (a pairwise covering array, built greedily and deterministically: each row
+    starts from the first pair not yet held, then takes for each other option
+    the level that adds most new pairs, the earlier level on ties). ``allowed``
+    rejects (partial) rows whose options do not go together."""
+    names = list(levels)
+
+    def pairs(row):
+        return {((a, row[a]), (b, row[b])) for a, b in itertools.combinations(names, 2)
+                if a in row and b in row}  # fmt: skip
+
+    todo = [
+        ((a, x), (b, y))
+        for a, b in itertools.combinations(names, 2)
+        for x in levels[a]
+        for y in levels[b]
+        if allowed({a: x, b: y})
+    ]
+    rows = []
+    while todo:
+        (a, x), (b, y) = todo[0]
+        row = {a: x, b: y}
+        left = set(todo)
+        for name in names:
+            if name not in row:
+                fits = [lv for lv in levels[name] if allowed({**row, name: lv})]
+                row[name] = max(
+                    fits, key=lambda lv: len(pairs({**row, name: lv}) & left)
+                )
+        row = {name: row[name] for name in names}
+        rows.append(row)
+        todo = [pair for pair in todo if pair not in pairs(row)]
+    assert not missing_pairs(rows, levels, allowed)
+    return rows

@@ -78,45 +78,8 @@ def _value_and_grads(fn, h, w, b, y, opts):
     return jax.value_and_grad(scalar, argnums=(0, 1, 2))(h, w, b)
 
 
-CASES = [
-    "plain",
-    "bias",
-    "class_weights",
-    "ignore_index",
-    "where",
-    "smoothing",
-    "smoothing_cw",
-    "z_loss",
-    "softcap",
-    "all",
-]
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_matches_unfused(case):
-    h, w, b, y, cw, where = _data()
-    opts = _options(case, cw, where)
-    if "ignore_index" not in opts:
-        y = jnp.abs(y) % V
-    fused = _value_and_grads(
-        lambda *a, **k: jaxce.linear_softmax_cross_entropy(*a, chunk_size=CHUNK, **k),
-        h, w, b, y, opts,
-    )  # fmt: skip
-    assert_tree_allclose(fused, _value_and_grads(_unfused, h, w, b, y, opts), **TOL)
-
-
-@pytest.mark.parametrize("reduction", ["none", "sum", "sum_over_batch_size"])
-@pytest.mark.parametrize("case", ["plain", "all"])
-def test_reductions_match_unfused(reduction, case):
-    h, w, b, y, cw, where = _data(seed=1)
-    opts = {**_options(case, cw, where), "reduction": reduction}
-    if "ignore_index" not in opts:
-        y = jnp.abs(y) % V
-    fused = _value_and_grads(jaxce.linear_softmax_cross_entropy, h, w, b, y, opts)
-    ref = _value_and_grads(_unfused, h, w, b, y, opts)
-    assert_tree_allclose(fused, ref, **TOL)
-    out = jaxce.linear_softmax_cross_entropy(h, w, y, **{**opts, "bias": None})
-    assert out.shape == ((N,) if reduction == "none" else ())
+# The options against the unfused loss (every pair of their levels, every
+# reduction, all at once): tests/test_fused_heads.py (the fused-heads registry).
 
 
 @pytest.mark.parametrize("chunk_size", [2, 7, V, 1000])
