@@ -96,3 +96,23 @@ def test_probabilities_exactly_0_and_1(loss: Loss):
     for eps in (None, 1e-7, 1e-15):
         value, grad = _value_and_grad(functools.partial(f, eps=eps), x)
         h.assert_finite((value, grad))
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        lambda z, y: jaxce.sparse_softmax_cross_entropy(z, y, reduction="none"),
+        lambda z, y: jaxce.softmax_cross_entropy(z, h.one_hot(y, 3), reduction="none"),
+        lambda z, y: jaxce.softmax_focal_loss(z, y, gamma=0.0, reduction="none"),
+    ],
+    ids=["sparse", "one_hot", "focal"],
+)
+def test_confident_predictions_keep_their_small_loss(loss):
+    """``log(1 + 2e-9)`` in float32 is 0 through ``log(sum)``; it is
+    ``log1p(2e-9)`` here (to a few ulps), at any offset of the logits."""
+    y = jnp.array([0, 0])
+    for offset in (0.0, 1e4):
+        z = jnp.array([[20.0, 0.0, 0.0], [30.0, 10.0, 12.0]], jnp.float32) + offset
+        want = np.log1p([2 * np.exp(-20.0), np.exp(-20.0) + np.exp(-18.0)])
+        got = np.asarray(loss(z, y), np.float64)
+        assert np.all(np.abs(got - want) <= 4 * np.spacing(want.astype(np.float32)))

@@ -134,11 +134,13 @@ def shifted_log_softmax(z: Array) -> tuple[Array, Array]:
     m = jnp.where(jnp.isfinite(m), m, jnp.zeros((), z.dtype))
     shifted = z - m
     e = jnp.exp(shifted)
-    # Each of the n maxima contributes e - 1/n (= 1 - 1/n; exactly 0 for one
-    # maximum) and keeps its derivative e: the sum is sum(e) - 1, unrounded.
+    # sum(e) - 1 without rounding 1 + rest: the maxima (e = 1) are counted
+    # apart; each still carries its derivative e through e - stop_gradient(e),
+    # which is exactly 0. Two independent sums: XLA fuses them into one pass.
     is_max = shifted == 0
-    n = jnp.maximum(jnp.sum(is_max, axis=-1, keepdims=True), 1).astype(z.dtype)
-    rest = jnp.sum(jnp.where(is_max, e - 1 / n, e), axis=-1)
+    n = jnp.sum(is_max, axis=-1).astype(z.dtype)
+    kept = jnp.where(is_max, e - lax.stop_gradient(e), e)
+    rest = jnp.sum(kept, axis=-1) + jnp.maximum(n - 1, 0)
     return shifted, jnp.log1p(rest)
 
 
