@@ -266,7 +266,7 @@ def test_pack_is_per_device_and_counts_present_rows():
     row = loc.pack(jnp.arange(6) * 10)
     np.testing.assert_array_equal(row, [10, 30, 40, 0, 20, 50])
     np.testing.assert_array_equal(loc.unpack(row), jnp.arange(6) * 10)
-    assert int(loc.count) == 3
+    assert int(loc.num_present) == 3
 
 
 def test_compact_on_mesh_packs_without_moving_rows_between_devices():
