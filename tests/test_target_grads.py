@@ -325,3 +325,23 @@ def test_target_gradient_where_a_probability_is_zero():
     expected = -np.asarray(jax.nn.log_softmax(logits))
     expected[0, 1] = 0.0
     np.testing.assert_allclose(np.asarray(g), expected, rtol=1e-6)
+
+
+def test_probability_closed_form_target_jacobian():
+    """``d/dt`` of the categorical closed form ``-t / p`` is ``-1 / p``, also where
+    ``t = 0`` (it was 0 there), and 0 on a class a per-class ``where`` removes."""
+    p = jnp.array([[0.7, 0.2, 0.1], [0.3, 0.3, 0.4]])
+    t = jnp.array([[1.0, 0.0, 0.0], [0.0, 0.5, 0.5]])
+    jac = jax.jacrev(
+        lambda t: jaxce.closed_form.categorical_cross_entropy(p, t, reduction="sum")
+    )(t)  # fmt: skip
+    diag = np.einsum("ijij->ij", np.asarray(jac))
+    np.testing.assert_allclose(diag, -1 / np.asarray(p), rtol=1e-6)
+    mask = jnp.array([[True, True, False], [True, True, True]])
+    jac = jax.jacrev(
+        lambda t: jaxce.closed_form.categorical_cross_entropy(
+            p, t, where=mask, reduction="sum"
+        )
+    )(t)  # fmt: skip
+    diag = np.einsum("ijij->ij", np.asarray(jac))
+    np.testing.assert_allclose(diag, np.where(mask, -1 / np.asarray(p), 0), rtol=1e-6)

@@ -20,10 +20,16 @@ from ._arguments import same_arguments
 
 
 def _clipped_log_grad(c: Categorical, a: Array, eps: float) -> Array:
-    """``-a / clip(p) * clip'(p)`` along the last axis (0 where ``a == 0``)."""
+    """``-a / clip(p) * clip'(p)`` along the last axis; 0 on masked classes.
+
+    Linear in ``a``, so that the closed form differentiated in the targets is
+    exact (``-clip'(p) / clip(p)``) also where a target is 0.
+    """
     p = c.x
-    grad = -a / jnp.clip(p, eps, 1 - eps) * clip_derivative(p, eps, 1 - eps)
-    return jnp.where(a != 0, grad, jnp.zeros((), grad.dtype))
+    coef = clip_derivative(p, eps, 1 - eps) / jnp.clip(p, eps, 1 - eps)
+    if c.class_mask is not None:  # whatever the input holds there
+        coef = jnp.where(c.class_mask, coef, jnp.zeros((), coef.dtype))
+    return jnp.zeros((), coef.dtype) - a * coef  # +0.0 (not -0.0) where a == 0
 
 
 @same_arguments(loss.categorical_cross_entropy)
