@@ -15,6 +15,7 @@ from ._compare import (
 from ._fused import (
     TokenStats as TokenStats,
     linear_distillation_loss as linear_distillation_loss,
+    linear_policy_loss as linear_policy_loss,
     linear_softmax_cross_entropy as linear_softmax_cross_entropy,
     linear_token_stats as linear_token_stats,
 )
@@ -32,6 +33,10 @@ from ._losses._information import (
     entropy as entropy,
     kl_divergence as kl_divergence,
     perplexity as perplexity,
+)
+from ._losses._policy import (
+    PolicyMetrics as PolicyMetrics,
+    policy_loss as policy_loss,
 )
 from ._losses._probability import (
     categorical_cross_entropy as categorical_cross_entropy,

@@ -46,7 +46,14 @@ class Want(NamedTuple):
 
 class RowLoss:
     """A per-token loss of full-vocabulary logits rows (subclass a frozen
-    dataclass: it is a ``custom_vjp`` nondiff argument)."""
+    dataclass: it is a ``custom_vjp`` nondiff argument).
+
+    ``stats > 0``: `value` returns ``(T, 1 + stats)``, the loss in column 0 and
+    per-token statistics (never differentiated) in the others, which `rows`
+    returns with the loss at no extra matmul (a policy loss's ratios).
+    """
+
+    stats = 0
 
     def value(
         self, z: Array, aux: tuple, blk: Block, params: Any, vocab: Vocab
@@ -70,14 +77,23 @@ class RowLoss:
         ``want_params``)."""
         if not want_params:
             loss, vjp = jax.vjp(lambda z: self.value(z, aux, blk, params, vocab), z)
-            return loss, vjp(coef.astype(loss.dtype))[0], None
+            return loss, vjp(_loss_ct(coef, loss))[0], None
         loss, vjp = jax.vjp(lambda z, p: self.value(z, aux, blk, p, vocab), z, params)
-        dz, dp = vjp(coef.astype(loss.dtype))
+        dz, dp = vjp(_loss_ct(coef, loss))
         return loss, dz, dp
 
 
+def _loss_ct(coef: Array, loss: Array) -> Array:
+    """The cotangent ``coef`` of the loss column (statistics columns: 0)."""
+    coef = coef.astype(loss.dtype)
+    if loss.ndim == 1:
+        return coef
+    return jnp.zeros_like(loss).at[:, 0].set(coef)
+
+
 class RowsOut(NamedTuple):
-    """Per-token losses (0 where absent), the head's gradients of
+    """Per-token losses (0 where absent; ``(N, 1 + stats)`` with the row
+    loss's statistics), the head's gradients of
     ``sum_n c_n L_n`` (entries None when not wanted) and the parameters'."""
 
     loss: Array
@@ -143,8 +159,8 @@ def row_pass(
             )
         else:
             per = loss_fn.value(z, zs, blk, params, vocab)
-        per = jnp.where(keep, per.astype(cdt), zero)
-        put = jnp.where(own, per, sl(out))
+        per = jnp.where(keep if per.ndim == 1 else keep[:, None], per.astype(cdt), zero)
+        put = jnp.where(own if per.ndim == 1 else own[:, None], per, sl(out))
         out = lax.dynamic_update_slice_in_dim(out, put, t_start, 0)
         if dz is None:
             return out, dh, dw, db, dp
@@ -163,8 +179,9 @@ def row_pass(
         return out, dh, dw, db, dp
 
     want_p = grads and want.params and bool(jax.tree.leaves(params))
+    k = loss_fn.stats
     init = (
-        jnp.zeros((n,), cdt),
+        jnp.zeros((n,) if k == 0 else (n, 1 + k), cdt),
         jnp.zeros((n, d), cdt) if grads and want.hidden else None,
         jnp.zeros(weight.shape, cdt) if grads and want.weight else None,
         jnp.zeros((v,), cdt) if grads and want.bias and bias is not None else None,

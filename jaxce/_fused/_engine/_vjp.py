@@ -206,7 +206,14 @@ def _value(tree, field: str):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _rows_sum(loss: RowLoss, st: Static, head, aux, params, tokens, coef):
     out = _run_rows(loss, st, Want(), head, aux, params, tokens, None)
-    return jnp.sum(coef * out.loss)
+    return _summed(coef, out.loss)
+
+
+def _summed(coef, per):
+    """``sum_n c_n L_n``, and with a row loss's statistics ``(sum, stats)``."""
+    if per.ndim == 1:
+        return jnp.sum(coef * per)
+    return jnp.sum(coef * per[:, 0]), per[:, 1:]
 
 
 def _rows_sum_fwd(loss, st, head, aux, params, tokens, coef):
@@ -216,19 +223,22 @@ def _rows_sum_fwd(loss, st, head, aux, params, tokens, coef):
         bool(hp.hidden), bool(hp.weight), bool(hp.bias), any(jax.tree.leaves(pp))
     )
     out = _run_rows(loss, st, want, head, aux, params, tokens, coef)
-    return jnp.sum(coef * out.loss), (out, params)
+    return _summed(coef, out.loss), (out, params)
 
 
 def _rows_sum_bwd(loss, st, res, ct):
     out, params = res
     zeros_p = jax.tree.map(lambda _: None, params)
+    per = out.loss
+    if per.ndim == 2:  # statistics get no cotangent
+        ct, per = ct[0], per[:, 0]
     if isinstance(ct, SymbolicZero):
         return Head(None, None, None), None, zeros_p, None, None
     scale = lambda x: None if x is None else ct.astype(x.dtype) * x  # noqa: E731
     grads = out.grads if out.grads is not None else Head(None, None, None)
     grads = Head(*(scale(x) for x in grads))
     dp = zeros_p if out.d_params is None else jax.tree.map(scale, out.d_params)
-    return grads, None, dp, None, ct * out.loss
+    return grads, None, dp, None, ct * per
 
 
 _rows_sum.defvjp(_rows_sum_fwd, _rows_sum_bwd, symbolic_zeros=True)
@@ -266,9 +276,11 @@ def rows(
     params: Any = (),
     tokens: Tokens | None = None,
     coef: Array | None = None,
-) -> Array:
+) -> Any:
     """``sum_n coef_n L_n`` (a scalar, the compute dtype) of the row loss, or,
-    with ``coef`` None, the per-token losses ``(N,)`` (0 where absent).
+    with ``coef`` None, the per-token losses ``(N,)`` (0 where absent). A row
+    loss with ``stats`` (``coef`` given) returns ``(sum, (N, stats))``: its
+    per-token statistics (0 where absent, not differentiated).
 
     Differentiable in ``head``, ``params`` and ``coef``; the auxiliary heads
     ``aux`` (a teacher) share the block budget and get no gradient. ``params``
@@ -287,4 +299,7 @@ def rows(
     if coef is None:
         out = cast(Array, _rows_each(loss, st, head, aux, params, tokens))
         return out if lay is None else unpad(lay, out, n)
-    return cast(Array, _rows_sum(loss, st, head, aux, params, tokens, coef))
+    out = _rows_sum(loss, st, head, aux, params, tokens, coef)
+    if loss.stats and lay is not None:
+        out = (out[0], unpad(lay, out[1], n))
+    return out
