@@ -11,7 +11,17 @@ Measures, in one run:
 2. compiled temporary memory (``memory_analysis().temp_size_in_bytes`` of the
    jitted value-and-grad; compile only, nothing runs) at N=4096, D=1024,
    V=32768 and at N=16384, D=2048, V=262144;
-3. memory and time against V (a PNG in benchmarks/out/).
+3. memory and time against V (a PNG in benchmarks/out/);
+4. a JAX peer: tokamax's ``linear_softmax_cross_entropy_loss(x, labels,
+   weights, reduction="mean", implementation="xla")`` (weight ``(D, V)``)
+   beside jaxce with ``weight_layout="dv"`` and the unfused loss on ``h @ w``,
+   at N=2048, D=1024, V=32768, float32: the three values and gradients are
+   compared first (max difference printed), then fwd+bwd time and compiled
+   temp memory. Skipped where tokamax is not installed (``pip install
+   tokamax``, the ``bench`` extra). tokamax's "xla" implementation is its
+   reference: the forward materialises the ``(N, V)`` logits, saves the
+   logsumexp and the backward recomputes the logits (its memory-efficient
+   kernel is ``"mosaic_tpu"``, TPU only).
 
 The fused value-and-grad (``reduction="mean"``) takes the token-chunked path
 that computes the gradients in the forward rule (three matmuls); the forward-only
@@ -23,13 +33,16 @@ both alike).
 
     python benchmarks/bench_fused.py            # full run
     python benchmarks/bench_fused.py --quick    # small shapes, a smoke run
+    python benchmarks/bench_fused.py --sections tokamax   # the peer only
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -47,6 +60,22 @@ def fused(h, w, y):
 
 def unfused(h, w, y):
     return jaxce.sparse_softmax_cross_entropy(h @ w.T, y)
+
+
+def fused_dv(h, w, y):
+    return jaxce.linear_softmax_cross_entropy(h, w, y, weight_layout="dv")
+
+
+def unfused_dv(h, w, y):
+    return jaxce.sparse_softmax_cross_entropy(h @ w, y)
+
+
+def tokamax_loss(h, w, y):
+    import tokamax
+
+    return tokamax.linear_softmax_cross_entropy_loss(
+        h, y, w, reduction="mean", implementation="xla"
+    )
 
 
 def runner(fn):
@@ -71,6 +100,63 @@ def temp_bytes(loss, n, d, v) -> int:
     return vg.lower(*args).compile().memory_analysis().temp_size_in_bytes
 
 
+def peer(n, d, v, repeats):
+    """tokamax beside jaxce ("dv" weight) and the unfused loss."""
+    print(f"\n## JAX peer: tokamax, N={n}, D={d}, V={v}, float32, mean, weight (D, V)")
+    if importlib.util.find_spec("tokamax") is None:
+        print("tokamax is not installed (`pip install tokamax`): skipped")
+        return
+    import tokamax
+    from absl import flags  # a tokamax dependency
+
+    # tokamax reads its settings from absl flags, parsed from sys.argv on first
+    # use (where this script's own options are unknown flags): parse none.
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS(sys.argv[:1])
+    version = getattr(tokamax, "__version__", "?")
+    h, w, y = inputs(n, d, v)
+    w = w.T  # (D, V), materialised: every loss reads the same array
+    names = [
+        "unfused (`h @ w`)",
+        'jaxce (`weight_layout="dv"`)',
+        f'tokamax {version} (`implementation="xla"`)',
+    ]
+    fns = [unfused_dv, fused_dv, tokamax_loss]
+    vgs = [jax.jit(jax.value_and_grad(f, argnums=(0, 1))) for f in fns]
+    outs = [jax.block_until_ready(vg(h, w, y)) for vg in vgs]
+    ref_v, (ref_dh, ref_dw) = outs[0]
+    print("\nagreement with the unfused loss (max |difference|):\n")
+    print("| loss | value | d hidden | d weight |\n|---|---|---|---|")
+    ok = True
+    for name, (val, (dh, dw)) in zip(names, outs):
+        diffs = [
+            float(jnp.max(jnp.abs(a - b)))
+            for a, b in ((val, ref_v), (dh, ref_dh), (dw, ref_dw))
+        ]
+        scales = [float(jnp.max(jnp.abs(b))) for b in (ref_v, ref_dh, ref_dw)]
+        ok &= all(x <= 1e-4 * max(s, 1.0) for x, s in zip(diffs, scales))
+        print(f"| {name} | {diffs[0]:.1e} | {diffs[1]:.1e} | {diffs[2]:.1e} |")
+    print(f"\nagree (within 1e-4 of the largest entry): {'yes' if ok else '**no**'}")
+    s = jax.ShapeDtypeStruct
+    specs = (s((n, d), jnp.float32), s((d, v), jnp.float32), s((n,), jnp.int32))
+    temps = [
+        vg.lower(*specs).compile().memory_analysis().temp_size_in_bytes for vg in vgs
+    ]
+    thunks = [runner(lambda vg=vg: vg(h, w, y)) for vg in vgs]
+    times = time_min(thunks, repeats)
+    print(
+        f"\nfwd+bwd (value_and_grad w.r.t. hidden and weight; min of {repeats}, "
+        "interleaved) and compiled temp memory:\n"
+    )
+    print("| loss | fwd+bwd s | / unfused | temp MiB | / unfused |")
+    print("|---|---|---|---|---|")
+    for name, t, b in zip(names, times, temps):
+        print(
+            f"| {name} | {t:.3f} | {t / times[0]:.2f} | {b / MiB:.1f} | "
+            f"{b / temps[0]:.3f} |"
+        )
+
+
 def timings(n, d, v, repeats):
     h, w, y = inputs(n, d, v)
     vg_f = jax.jit(jax.value_and_grad(fused, argnums=(0, 1)))
@@ -92,7 +178,12 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--sections", default="time,memory,sweep,tokamax",
+        help="comma-separated, of: time, memory, sweep, tokamax",
+    )  # fmt: skip
     args = parser.parse_args()
+    sections = set(args.sections.split(","))
     if args.quick:
         n, d, v, mem1, mem2 = 256, 128, 4096, (512, 128, 4096), (1024, 256, 16384)
         sweep = [1024, 2048, 4096]
@@ -105,7 +196,18 @@ def main():
         f"{os.cpu_count()} cores, backend {jax.default_backend()}"
     )
 
-    t = timings(n, d, v, args.repeats)
+    if "time" in sections:
+        main_timings(n, d, v, args.repeats)
+    if "memory" in sections:
+        memory(mem1, mem2)
+    if "sweep" in sections:
+        against_v(n, d, sweep, args.repeats)
+    if "tokamax" in sections:
+        peer(n, d, v, args.repeats)
+
+
+def main_timings(n, d, v, repeats):
+    t = timings(n, d, v, repeats)
     flops = 6 * n * d * v
     peak = 2 * n * d * v / t["dot"] / 1e9
     print(f"\n## forward + backward, N={n}, D={d}, V={v}, float32 (min of repeats)")
@@ -124,6 +226,8 @@ def main():
             f"of matmul | {goal} |"
         )
 
+
+def memory(mem1, mem2):
     print("\n## compiled temp memory of value_and_grad (compile only)")
     print(
         "| N, D, V | fused | unfused | fused / unfused | goal |\n|---|---|---|---|---|"
@@ -135,6 +239,8 @@ def main():
             f"{f_b / u_b:.4f} | {goal} |"
         )
 
+
+def against_v(n, d, sweep, repeats):
     print(f"\n## against V (N={n}, D={d}; time = fwd+bwd, min of repeats)")
     print(
         "| V | fused MiB | unfused MiB | fused s | unfused s |\n|---|---|---|---|---|"
@@ -142,7 +248,7 @@ def main():
     rows = []
     for vv in sweep:
         f_b, u_b = temp_bytes(fused, n, d, vv), temp_bytes(unfused, n, d, vv)
-        tt = timings(n, d, vv, max(1, args.repeats - 1))
+        tt = timings(n, d, vv, max(1, repeats - 1))
         rows.append((vv, f_b / MiB, u_b / MiB, tt["fused"], tt["unfused"]))
         print("| {} | {:.1f} | {:.1f} | {:.3f} | {:.3f} |".format(*rows[-1]))
     plot(rows, n, d)
