@@ -116,3 +116,23 @@ def test_confident_predictions_keep_their_small_loss(loss):
         want = np.log1p([2 * np.exp(-20.0), np.exp(-20.0) + np.exp(-18.0)])
         got = np.asarray(loss(z, y), np.float64)
         assert np.all(np.abs(got - want) <= 4 * np.spacing(want.astype(np.float32)))
+
+
+def test_logits_recomputed_inside_a_fusion():
+    """Under ``jit`` XLA may recompute soft-capped logits in two fusions with
+    different roundings (on CPU: ``tanh``), so no entry of ``z - max(z)`` is exactly
+    0; the loss must not depend on finding one (it gave ``log 2`` too much)."""
+    r = np.random.default_rng(0)
+    h = jnp.asarray(r.standard_normal((13, 4)), jnp.float32)
+    w = jnp.asarray(r.standard_normal((21, 4)), jnp.float32)
+    y = jnp.asarray(r.integers(0, 21, 13))
+
+    def loss(h, w):
+        z = 2.5 * jnp.tanh((h @ w.T) / 2.5)
+        return jaxce.sparse_softmax_cross_entropy(z, y, reduction="none")
+
+    z = np.asarray(2.5 * np.tanh((np.asarray(h, np.float64) @ np.asarray(w).T) / 2.5))
+    shifted = z - z.max(-1, keepdims=True)
+    want = np.log(np.exp(shifted).sum(-1)) - shifted[np.arange(13), np.asarray(y)]
+    for fn in (loss, jax.jit(loss)):
+        np.testing.assert_allclose(fn(h, w), want, rtol=1e-5)

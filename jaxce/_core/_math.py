@@ -134,13 +134,15 @@ def shifted_log_softmax(z: Array) -> tuple[Array, Array]:
     m = jnp.where(jnp.isfinite(m), m, jnp.zeros((), z.dtype))
     shifted = z - m
     e = jnp.exp(shifted)
-    # sum(e) - 1 without rounding 1 + rest: the maxima (e = 1) are counted
-    # apart; each still carries its derivative e through e - stop_gradient(e),
-    # which is exactly 0. Two independent sums: XLA fuses them into one pass.
+    # rest = sum(e) - 1 without rounding 1 + rest: the n maxima (shifted == 0)
+    # contribute expm1(0) = 0 and n - 1 is added apart. The identity holds for
+    # any n: should XLA recompute z in another fusion and round it differently
+    # (no entry exactly 0, n = 0), this is sum(e) - 1 as it stands. expm1 keeps
+    # each maximum's derivative e. Two independent sums: one pass.
     is_max = shifted == 0
     n = jnp.sum(is_max, axis=-1).astype(z.dtype)
-    kept = jnp.where(is_max, e - lax.stop_gradient(e), e)
-    rest = jnp.sum(kept, axis=-1) + jnp.maximum(n - 1, 0)
+    kept = jnp.where(is_max, jnp.expm1(shifted), e)
+    rest = jnp.sum(kept, axis=-1) + (n - 1)
     return shifted, jnp.log1p(rest)
 
 
