@@ -265,6 +265,79 @@ def compact(n, d, v, repeats):
           f"{float(o_p[0]):.6g} | {max_rel_diff(o_c, o_p):.1e} | | |")  # fmt: skip
 
 
+# -- the policy loss (GRPO family) ------------------------------------------------
+
+
+def policy_inputs(n, d, v, seed=2, batch=4):
+    k = jax.random.split(jax.random.key(seed), 5)
+    t = n // batch
+    h = jax.random.normal(k[0], (batch, t, d), jnp.float32)
+    w = jax.random.normal(k[1], (v, d), jnp.float32) / d**0.5
+    y = jax.random.randint(k[2], (batch, t), 0, v)
+    adv = jax.random.normal(k[3], (batch,), jnp.float32)
+    old = -jax.random.uniform(k[4], (batch, t), jnp.float32, 5.0, 15.0)
+    mask = jnp.arange(t)[None, :] < jnp.array([[t], [t // 2], [3 * t // 4], [t]])
+    return h, w, y, adv, old, mask
+
+
+POLICY_KW = dict(loss_type="dapo", epsilon_high=0.28, entropy_coef=0.01)
+
+
+def policy_fused(h, w, y, adv, old, mask):
+    return jaxce.linear_policy_loss(h, w, y, adv, where=mask, old_logprob=old,
+                                    **POLICY_KW)[0]  # fmt: skip
+
+
+def policy_composed(h, w, y, adv, old, mask):
+    """``jax.grad`` through `policy_loss(linear_token_stats(...))`: four GEMMs."""
+    b, t, d = h.shape
+    s = jaxce.linear_token_stats(h.reshape(b * t, d), w, y.reshape(b * t),
+                                 where=mask.reshape(b * t))  # fmt: skip
+    lp, ent = s.logprob.reshape(b, t), s.entropy.reshape(b, t)
+    return jaxce.policy_loss(lp, adv, where=mask, old_logprob=old, entropy=ent,
+                             **POLICY_KW)[0]  # fmt: skip
+
+
+def policy_unfused(h, w, y, adv, old, mask):
+    logp = jax.nn.log_softmax(h @ w.T, axis=-1)  # (B, T, V)
+    lp = jnp.take_along_axis(logp, y[..., None], axis=-1)[..., 0]
+    ent = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+    return jaxce.policy_loss(lp, adv, where=mask, old_logprob=old, entropy=ent,
+                             **POLICY_KW)[0]  # fmt: skip
+
+
+def policy(n, d, v, repeats, comparisons):
+    b = 4
+    print(f"\n## linear_policy_loss (dapo, token level, entropy bonus), B={b}, "
+          f"T={n // b} (N={n}), D={d}, V={v}, float32, 3/4 of the tokens present")
+    print("| quantity | fused | composed (token stats) | unfused logits | "
+          "fused / composed | fused / unfused | goal | met? |")
+    print("|---|---|---|---|---|---|---|---|")
+    if (name := missing("linear_policy_loss", "policy_loss")) is not None:
+        print(f"| policy | not available (`jaxce.{name}` missing) | | | | | | |")
+        return
+    args = policy_inputs(n, d, v)
+    fns = [grad01(f) for f in (policy_fused, policy_composed, policy_unfused)]
+    specs = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in args]
+    mem = [compiled_temp(f, specs) for f in fns]
+    print(f"| compiled temp memory (value_and_grad) | {fmt_bytes(mem[0])} | "
+          f"{fmt_bytes(mem[1])} | {fmt_bytes(mem[2])} | {mem[0] / mem[1]:.3f} | "
+          f"{mem[0] / mem[2]:.3f} | <= {MEMORY_GOAL} vs unfused | "
+          f"{met(mem[0] / mem[2] <= MEMORY_GOAL)} |")  # fmt: skip
+    times, outs = time_pair(fns, args, repeats, comparisons)
+    if comparisons == 1:
+        times = [[x] for x in times]
+    r_c = statistics.median(f / c for f, c in zip(times[0], times[1]))
+    r_u = statistics.median(f / u for f, u in zip(times[0], times[2]))
+    med = [statistics.median(x) for x in times]
+    print(f"| fwd+bwd time (min of {repeats}; median of {comparisons}) | "
+          f"{med[0]:.3f} s | {med[1]:.3f} s | {med[2]:.3f} s | {r_c:.2f} | "
+          f"{r_u:.2f} | <= 0.8 both | {met(r_c <= 0.8 and r_u <= 0.8)} |")  # fmt: skip
+    print(f"| value; max rel. diff of value and grads vs unfused | "
+          f"{float(outs[0][0]):.6g} | {max_rel_diff(outs[1], outs[2]):.1e} | | "
+          f"{max_rel_diff(outs[0], outs[2]):.1e} | | | |")  # fmt: skip
+
+
 def first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return (text[0] if text else "")[:160].replace("|", "/")
@@ -273,6 +346,8 @@ def first_line(e: BaseException) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="small shapes")
+    parser.add_argument("--policy-only", action="store_true",
+                        help="only the linear_policy_loss rows")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
         "--comparisons",
@@ -303,9 +378,12 @@ def main(argv=None) -> int:
             distill_unfused, distill_inputs, distill_specs, *shape, args.repeats,
             args.comparisons,
         ),
+        lambda: policy(*shape, args.repeats, args.comparisons),
         lambda: big_memory(*big),
         lambda: compact(*shape, args.repeats),
     ]  # fmt: skip
+    if args.policy_only:
+        parts = [lambda: policy(*shape, args.repeats, args.comparisons)]
     status = 0
     for part in parts:
         try:

@@ -205,3 +205,27 @@ def test_grpo_example_reward_rises():
 
     first, last = load_example("grpo").main(steps=25, quiet=True)
     assert last > first + 0.1
+
+
+@pytest.mark.parametrize("loss_type", ["dapo", "grpo", "vespo"])
+def test_mesh_equals_one_device(loss_type):
+    """Vocabulary- and data-parallel (the row's sums over the shards)."""
+    from jax.sharding import Mesh
+
+    devs = jax.devices()
+    if len(devs) < 4:
+        pytest.skip("needs 4 devices")
+    mesh = Mesh(np.array(devs[:4]).reshape(2, 2), ("data", "vocab"))
+    h, w, ids, mask, adv, old, ref = _data(5)
+    kw = dict(old_logprob=old, ref_logprob=ref, beta=0.04, loss_type=loss_type,
+              entropy_coef=0.01)  # fmt: skip
+
+    def f(h, w, **m):
+        return jaxce.linear_policy_loss(h, w, ids, adv, where=mask, **kw, **m)
+
+    a = jax.value_and_grad(f, (0, 1), has_aux=True)(h, w)
+    b = jax.value_and_grad(
+        lambda h, w: f(h, w, mesh=mesh, batch_axis="data", vocab_axis="vocab"),
+        (0, 1), has_aux=True,
+    )(h, w)  # fmt: skip
+    _assert_close(a, b)

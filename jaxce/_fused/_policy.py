@@ -47,26 +47,42 @@ class PolicyRows(RowLoss):
     has_ref: bool
     has_isr: bool
     stats = 5
+    blocks = 2  # the autodiff of the row keeps twice the closed forms' arrays
 
     def value(self, z, aux, blk, params, vocab):
         zt = z if self.tau == 1.0 else z * (1.0 / self.tau)
-        logsm = vocab.log_softmax(zt)
+        # Sums over every shard first, the rest replicated (so `_psum` is
+        # right); the shift (pmax) is a constant to autodiff.
+        mx = vocab.max(jax.lax.stop_gradient(jnp.max(zt, axis=-1)))[1]
         zero = jnp.zeros((), z.dtype)
-        lp = vocab.psum(blk.at_label(logsm, zero))
+        d = zt - mx[:, None]
+        ex = jnp.exp(d)
+        safe = jnp.where(ex > 0, d, zero)  # no 0 * -inf, nor in the gradient
+        big_s = _psum(vocab, jnp.sum(ex, axis=-1))
+        log_s = jnp.log(big_s)
+        lp = _psum(vocab, blk.at_label(d, zero)) - log_s
+        ent = log_s - _psum(vocab, jnp.sum(ex * safe, axis=-1)) / big_s
         old, adv, ref, isr, w, e = blk.tokens
         old = old if self.has_old else jax.lax.stop_gradient(lp)
         per, ratio, low, high, kl = token_terms(
             lp, old, adv, ref if self.has_ref else None,
             isr if self.has_isr else None, self.opt,
         )  # fmt: skip
-        p = jnp.exp(logsm)
-        ent = -vocab.psum(jnp.sum(jnp.where(p > 0, p * logsm, zero), axis=-1))
         if self.opt.entropy_coef == 0:
             ent = jax.lax.stop_gradient(ent)
         loss = w * per - e * ent
         sg = jax.lax.stop_gradient
         cols = (ratio, low.astype(z.dtype), high.astype(z.dtype), kl, ent)
         return jnp.stack([loss, *(sg(c) for c in cols)], axis=-1)
+
+
+def _psum(vocab, x):
+    """The sum over the vocabulary shards, whose cotangent reaches this shard's
+    ``x`` once (a ``psum``'s own transpose would sum the replicated cotangent
+    over the shards again, under the engine's ``check_vma=False``)."""
+    if not vocab.sharded:
+        return x
+    return x + jax.lax.stop_gradient(vocab.psum(x) - x)
 
 
 def linear_policy_loss(

@@ -51,9 +51,12 @@ class RowLoss:
     ``stats > 0``: `value` returns ``(T, 1 + stats)``, the loss in column 0 and
     per-token statistics (never differentiated) in the others, which `rows`
     returns with the loss at no extra matmul (a policy loss's ratios).
+    ``blocks``: how many logits blocks' share of the budget one head's rows
+    take (a formula differentiated by autodiff keeps more arrays alive).
     """
 
     stats = 0
+    blocks = 1
 
     def value(
         self, z: Array, aux: tuple, blk: Block, params: Any, vocab: Vocab

@@ -287,7 +287,7 @@ def rows(
     (replicated, e.g. class weights) are not supported on a mesh.
     """
     tokens = Tokens(call.labels, call.present) if tokens is None else tokens
-    n, count = head.hidden.shape[0], 1 + len(aux)
+    n, count = head.hidden.shape[0], (1 + len(aux)) * loss.blocks
     if lay is not None:
         if jax.tree.leaves(params):
             raise NotImplementedError("row-loss parameters on a mesh")
