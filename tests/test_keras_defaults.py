@@ -1,10 +1,13 @@
 """jaxce.keras takes Keras' arguments: the same names, order and defaults as the
 Keras class it replaces (``from_logits=False``), so that swapping the import
-keeps the number; probabilities work for every class, the focal ones included."""
+keeps the number; probabilities work for every class, the focal ones included;
+bad arguments raise, naming them."""
 
 from __future__ import annotations
 
 import inspect
+import subprocess
+import sys
 
 import helpers as h
 import jax
@@ -132,6 +135,17 @@ def test_sparse_focal_from_probabilities_equals_keras(alpha):
     h.assert_tree_allclose(np.asarray(got), want, **TOL)
 
 
+def test_binary_aligns_ranks_as_keras():
+    """(N,) labels with (N, 1) logits (a one-unit output layer), and the reverse."""
+    r = h.rng(24)
+    x, y = h.logits(r, (N, 1)), h.binary_labels(r, (N, 1))
+    for labels, logits in [(y[:, 0], x), (y, x[:, 0])]:
+        got = jk.BinaryCrossentropy(from_logits=True)(labels, logits)
+        want = keras_value(keras.losses.BinaryCrossentropy, labels, logits,
+                           from_logits=True)  # fmt: skip
+        h.assert_tree_allclose(np.asarray(got), want, **TOL)
+
+
 def test_positional_arguments_as_in_keras():
     """``SparseCategoricalCrossentropy(True)`` means ``from_logits=True`` in both."""
     r = h.rng(23)
@@ -142,3 +156,52 @@ def test_positional_arguments_as_in_keras():
     h.assert_tree_allclose(np.asarray(got), want, **TOL)
     with pytest.raises(TypeError):
         jk.SparseCategoricalCrossentropy(True, None, "sum", -1, "n", None, 0.1)
+
+
+# -- errors and packaging --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        (lambda: jk.SparseCategoricalCrossentropy(from_logits=False, z_loss=1e-3),
+         ValueError, "z_loss"),
+        (lambda: jk.SparseCategoricalCrossentropy(z_loss=-1.0), ValueError, "z_loss"),
+        (lambda: jk.SparseCategoricalCrossentropy(label_smoothing=1.0),
+         ValueError, "label_smoothing"),
+        (lambda: jk.SparseCategoricalCrossentropy(ignore_class=1.5),
+         Exception, "ignore_class"),
+        (lambda: jk.SparseCategoricalCrossentropy(class_weights=np.ones((2, 2))),
+         ValueError, "class_weights"),
+        (lambda: jk.CategoricalCrossentropy(label_smoothing=-0.1),
+         ValueError, "label_smoothing"),
+        (lambda: jk.BinaryCrossentropy(from_logits=False, pos_weight=2.0),
+         ValueError, "pos_weight"),
+        (lambda: jk.BinaryFocalCrossentropy(alpha=1.5), ValueError, "alpha"),
+        (lambda: jk.BinaryFocalCrossentropy(alpha=None), TypeError, "alpha"),
+        (lambda: jk.BinaryFocalCrossentropy(apply_class_balancing=1),
+         TypeError, "apply_class_balancing"),
+        (lambda: jk.BinaryCrossentropy(from_logits="yes"), TypeError, "from_logits"),
+        (lambda: jk.BinaryFocalCrossentropy(gamma=-1.0), ValueError, "gamma"),
+        (lambda: jk.SparseCategoricalFocalCrossentropy(alpha=[0.5, -1.0]),
+         ValueError, "alpha"),
+        (lambda: jk.CategoricalCrossentropy(reduction="mean_over_everything"),
+         ValueError, "reduction"),
+    ],
+)  # fmt: skip
+def test_bad_arguments_raise(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
+def test_bad_shapes_raise_at_call():
+    x = np.zeros((N, K), np.float32)
+    with pytest.raises(ValueError, match="class_weights"):
+        jk.SparseCategoricalCrossentropy(from_logits=True, class_weights=[1.0, 2.0])(
+            np.zeros(N), x
+        )
+
+
+def test_import_jaxce_does_not_import_keras():
+    code = "import sys, jaxce; assert 'keras' not in sys.modules, 'keras imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
