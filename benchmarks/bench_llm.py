@@ -308,10 +308,14 @@ def policy_unfused(h, w, y, adv, old, mask):
 
 def policy(n, d, v, repeats, comparisons):
     b = 4
-    print(f"\n## linear_policy_loss (dapo, token level, entropy bonus), B={b}, "
-          f"T={n // b} (N={n}), D={d}, V={v}, float32, 3/4 of the tokens present")
-    print("| quantity | fused | composed (token stats) | unfused logits | "
-          "fused / composed | fused / unfused | goal | met? |")
+    print(
+        f"\n## linear_policy_loss (dapo, token level, entropy bonus), B={b}, "
+        f"T={n // b} (N={n}), D={d}, V={v}, float32, 3/4 of the tokens present"
+    )
+    print(
+        "| quantity | fused | composed (token stats) | unfused logits | "
+        "fused / composed | fused / unfused | goal | met? |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     if (name := missing("linear_policy_loss", "policy_loss")) is not None:
         print(f"| policy | not available (`jaxce.{name}` missing) | | | | | | |")

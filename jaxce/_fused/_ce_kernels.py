@@ -116,7 +116,7 @@ class CEStat(Statistic):
         zero = jnp.zeros((), z.dtype)
         # m is a shift the loss is invariant to: its cotangent drops out.
         _, g_ls, g_zy, g_sw, g_wy = cts
-        p = jnp.exp(z - (m0 + log_s)[:, None])
+        p = jnp.exp((z - m0[:, None]) - log_s[:, None])
         dz = g_ls[:, None] * p + jnp.where(blk.is_label(), g_zy[:, None], zero)
         w = blk.classes[0].astype(z.dtype) if self.weighted else None
         if self.smoothing:

@@ -135,10 +135,12 @@ def linear_softmax_cross_entropy(
         compact: skip the work of absent tokens (packed to the front, blocks
             after them skipped; same result, no recompilation as their number
             changes).
-        mesh, batch_axis, vocab_axis: vocabulary- / data-parallel under
+        mesh: vocabulary- / data-parallel under
             ``shard_map``: ``hidden`` and the per-token arrays split over
             ``batch_axis``, ``weight`` / ``bias`` / ``class_weights`` over
             ``vocab_axis``; any sizes (padded inside). See ``docs/distributed.md``.
+        batch_axis: see ``mesh``.
+        vocab_axis: see ``mesh``.
 
     Returns:
         ``(N,)`` losses for ``"none"`` (absent tokens 0), else a scalar; dtype of

@@ -128,7 +128,8 @@ def linear_distillation_loss(
         kind: ``"forward_kl"``, ``"reverse_kl"`` or ``"jsd"``.
         beta: $\beta \in [0, 1]$, the teacher's weight in the JSD mixture.
         temperature: $\tau > 0$.
-        student_bias, teacher_bias: ``(V,)`` or None.
+        student_bias: ``(V,)`` or None.
+        teacher_bias: see ``student_bias``.
         labels: ``(N,)`` integer labels, only to mark ignored tokens (those
             equal to ``ignore_index``, Liger's ``shift_labels``); both or
             neither.
@@ -138,14 +139,17 @@ def linear_distillation_loss(
         reduction: ``"none"``, ``"sum"``, ``"mean"`` or ``"sum_over_batch_size"``.
         normalizer: with a scalar reduction, ``sum(weights * L) / normalizer``.
         base: log base of the result (``None``: nats, ``2``: bits).
-        chunk_size, memory_budget_bytes: the block plan, as in
+        chunk_size: the block plan, as in
             `jaxce.linear_softmax_cross_entropy` (the two models share the
             budget). Results do not depend on it.
+        memory_budget_bytes: see ``chunk_size``.
         weight_layout: ``"vd"`` or ``"dv"``, for both weights.
         compact: skip the work of absent tokens. Same results.
-        mesh, batch_axis, vocab_axis: vocabulary- / data-parallel, as in
+        mesh: vocabulary- / data-parallel, as in
             `jaxce.linear_softmax_cross_entropy` (both models' hidden states
             over ``batch_axis``, both weights over ``vocab_axis``).
+        batch_axis: see ``mesh``.
+        vocab_axis: see ``mesh``.
 
     Returns:
         ``(N,)`` losses for ``"none"`` (absent tokens 0), else a scalar; dtype of

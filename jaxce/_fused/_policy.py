@@ -154,9 +154,15 @@ def linear_policy_loss(
             gradient and (``compact=True``) no work.
         temperature: the logits are divided by it (the sampler's temperature).
         bias: ``(V,)`` or None.
-        chunk_size, memory_budget_bytes, weight_layout, compact, mesh,
-            batch_axis, vocab_axis: as in `jaxce.linear_softmax_cross_entropy`.
-        (others): as in `jaxce.policy_loss`.
+        chunk_size: as in `jaxce.linear_softmax_cross_entropy`.
+        memory_budget_bytes: as in `jaxce.linear_softmax_cross_entropy`.
+        weight_layout: as in `jaxce.linear_softmax_cross_entropy`.
+        compact: as in `jaxce.linear_softmax_cross_entropy`.
+        mesh: as in `jaxce.linear_softmax_cross_entropy`.
+        batch_axis: as in `jaxce.linear_softmax_cross_entropy`.
+        vocab_axis: as in `jaxce.linear_softmax_cross_entropy`.
+
+    The other options are as in `jaxce.policy_loss`.
 
     Returns:
         ``(loss, PolicyMetrics)``.

@@ -181,14 +181,17 @@ def linear_token_stats(
             TRL and Liger mark prompt tokens with ``-100``).
             Absent tokens have 0 ``logprob``, ``entropy`` and ``logsumexp``,
             ``argmax`` 0, and no gradient flows from them.
-        chunk_size, memory_budget_bytes: the block plan, as in
+        chunk_size: the block plan, as in
             `jaxce.linear_softmax_cross_entropy`. Results do not depend on it.
+        memory_budget_bytes: see ``chunk_size``.
         weight_layout: ``"vd"`` or ``"dv"`` (contracted in place).
         compact: skip the work of absent tokens, as in
             `jaxce.linear_softmax_cross_entropy`. Same results.
-        mesh, batch_axis, vocab_axis: vocabulary- / data-parallel, as in
+        mesh: vocabulary- / data-parallel, as in
             `jaxce.linear_softmax_cross_entropy` (the argmax ties still go to
             the first index).
+        batch_axis: see ``mesh``.
+        vocab_axis: see ``mesh``.
 
     Returns:
         `TokenStats` ``(logprob, entropy, logsumexp, argmax)``, each ``(N,)``:

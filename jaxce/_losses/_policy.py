@@ -67,6 +67,7 @@ def token_terms(logp, old, adv, ref, isr, opt: PolicyOptions, log_w=None, phi=No
         tau = jnp.where(adv > 0, opt.sapo_temperature_pos, opt.sapo_temperature_neg)
         per = -jax.nn.sigmoid(tau * (coef1 - 1)) * 4 / tau * adv
     elif lt == "vespo":
+        assert phi is not None  # vespo_phi of the sequence, from the caller
         low = high = false
         per = -phi * adv * logp
     else:
@@ -246,8 +247,9 @@ def policy_loss(
             ``stop_gradient(logprob)`` (on-policy, ratio 1).
         ref_logprob: ``(B, T)`` reference log-probs (needed for ``beta > 0``).
         loss_type: see above.
-        epsilon_low, epsilon_high: clip range (``cispo``: ``epsilon_high`` is
+        epsilon_low: clip range (``cispo``: ``epsilon_high`` is
             the cap itself, e.g. 5.0; ``epsilon_low`` unused).
+        epsilon_high: see ``epsilon_low``.
         beta: KL weight (Liger's default is 0.04; TRL's and jaxce's 0).
         delta: upper cap of the ratio (two-sided clipping) or None.
         importance_sampling_level: ``"token"`` or ``"sequence"`` (GSPO; not
@@ -260,9 +262,13 @@ def policy_loss(
         entropy: ``(B, T)`` per-token entropies, for ``entropy_coef`` and the
             ``entropy`` metric.
         entropy_coef: weight of the entropy bonus (needs ``entropy``).
-        sapo_temperature_pos, sapo_temperature_neg: SAPO's temperatures.
+        sapo_temperature_pos: SAPO's temperatures.
+        sapo_temperature_neg: see ``sapo_temperature_pos``.
         use_bias_correction_kl: multiply the KL by the ratio (DeepSeek-V3.2).
-        vespo_k_pos, vespo_lambda_pos, vespo_k_neg, vespo_lambda_neg: VESPO.
+        vespo_k_pos: VESPO.
+        vespo_lambda_pos: see ``vespo_k_pos``.
+        vespo_k_neg: see ``vespo_k_pos``.
+        vespo_lambda_neg: see ``vespo_k_pos``.
 
     Returns:
         ``(loss, PolicyMetrics)``: a scalar (float32 at least) and the metrics.

@@ -92,7 +92,12 @@ def check_policy_options(
         _number(sapo_temperature_pos, "sapo_temperature_pos", positive=True),
         _number(sapo_temperature_neg, "sapo_temperature_neg", positive=True),
         bool(use_bias_correction_kl),
-        tuple(_number(x, n) for x, n in zip(vespo, ("vespo_k_pos", "vespo_lambda_pos",
-                                                  "vespo_k_neg", "vespo_lambda_neg"))),
+        _vespo(vespo),
         _number(entropy_coef, "entropy_coef"),
     )  # fmt: skip
+
+
+def _vespo(vespo) -> tuple[float, float, float, float]:
+    names = ("vespo_k_pos", "vespo_lambda_pos", "vespo_k_neg", "vespo_lambda_neg")
+    k_pos, l_pos, k_neg, l_neg = (_number(x, n) for x, n in zip(vespo, names))
+    return k_pos, l_pos, k_neg, l_neg

@@ -299,7 +299,7 @@ def rows(
     if coef is None:
         out = cast(Array, _rows_each(loss, st, head, aux, params, tokens))
         return out if lay is None else unpad(lay, out, n)
-    out = _rows_sum(loss, st, head, aux, params, tokens, coef)
+    out: Any = _rows_sum(loss, st, head, aux, params, tokens, coef)
     if loss.stats and lay is not None:
         out = (out[0], unpad(lay, out[1], n))
     return out
