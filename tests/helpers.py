@@ -200,17 +200,19 @@ def missing_pairs(rows, levels, allowed=lambda row: True) -> list:
     return missing
 
 
-def pairwise(levels, allowed=lambda row: True) -> list[dict]:
+def pairwise(levels, allowed=lambda row: True, tries: int = 24) -> list[dict]:
     """Rows (option -> level) that hold every pair of levels of every two options
-    (a pairwise covering array, built greedily and deterministically: each row
-    starts from the first pair not yet held, then takes for each other option
-    the level that adds most new pairs, the earlier level on ties). ``allowed``
-    rejects (partial) rows whose options do not go together."""
+    (a pairwise covering array), built greedily and deterministically in the way
+    of AETG: each row is the best of ``tries`` candidates, each started from a
+    pair not yet held and completed option by option (in a shuffled order, seed
+    fixed) with the level that holds most new pairs. ``allowed`` rejects (partial)
+    rows whose options do not go together."""
     names = list(levels)
+    rank = {name: i for i, name in enumerate(names)}
 
     def pairs(row):
-        return {((a, row[a]), (b, row[b])) for a, b in itertools.combinations(names, 2)
-                if a in row and b in row}  # fmt: skip
+        keys = sorted(row, key=rank.get)
+        return {((a, row[a]), (b, row[b])) for a, b in itertools.combinations(keys, 2)}
 
     todo = [
         ((a, x), (b, y))
@@ -219,19 +221,31 @@ def pairwise(levels, allowed=lambda row: True) -> list[dict]:
         for y in levels[b]
         if allowed({a: x, b: y})
     ]
+    # The two options with most levels: their product is a lower bound on the
+    # rows; every candidate's seed is one of their pairs while some are left.
+    big = set(sorted(names, key=lambda n: -len(levels[n]))[:2])
+    shuffle = np.random.default_rng(0)
     rows = []
     while todo:
-        (a, x), (b, y) = todo[0]
-        row = {a: x, b: y}
         left = set(todo)
-        for name in names:
-            if name not in row:
-                fits = [lv for lv in levels[name] if allowed({**row, name: lv})]
-                row[name] = max(
-                    fits, key=lambda lv: len(pairs({**row, name: lv}) & left)
-                )
-        row = {name: row[name] for name in names}
-        rows.append(row)
-        todo = [pair for pair in todo if pair not in pairs(row)]
+        seeds = [p for p in todo if {p[0][0], p[1][0]} == big] or todo
+        best, best_gain = None, -1
+        for t in range(tries):
+            (a, x), (b, y) = seeds[t * len(seeds) // tries]
+            row = {a: x, b: y}
+            order = list(names) if t == 0 else list(shuffle.permutation(names))
+            for name in order:
+                if name not in row:
+                    fits = [lv for lv in levels[name] if allowed({**row, name: lv})]
+                    row[name] = max(
+                        fits, key=lambda lv: len(pairs({**row, name: lv}) & left)
+                    )
+            gain = len(pairs(row) & left)
+            if gain > best_gain:
+                best, best_gain = row, gain
+        assert best is not None
+        rows.append({name: best[name] for name in names})
+        held = pairs(best)
+        todo = [pair for pair in todo if pair not in held]
     assert not missing_pairs(rows, levels, allowed)
     return rows
