@@ -219,18 +219,8 @@ def test_out_of_range_label_is_nan():
     assert np.isnan(val) and np.isnan(np.asarray(grads[1])).any()
 
 
-def test_set_mesh_eager_grad():
-    # Eager jax.grad on a jax.make_mesh (Explicit axes) mesh: inside jax.set_mesh
-    # (outside it, JAX cannot build the cotangent of an explicitly sharded output).
-    kw = axes("explicit_b2_v2x2")
-    with jax.set_mesh(kw["mesh"]):
-        eager_g = jax.grad(
-            lambda h, w: fused(h, w, None, None, y, **kw), (0, 1)
-        )(h, w)  # fmt: skip
-    ref_g = jax.jit(jax.grad(lambda h, w: materialised(h, w, None, None, y), (0, 1)))(
-        h, w
-    )  # the reference, jitted (op-by-op dispatch compiles each operation)
-    assert max_err(eager_g, ref_g) <= TOL
+# Eager jax.grad on a jax.make_mesh (Explicit axes) mesh inside jax.set_mesh, the
+# vocabulary over one axis and over two: the eager cases of `test_explicit_mesh`.
 
 
 def test_eager():
@@ -394,31 +384,36 @@ def spec_of(x) -> tuple:
     return spec + (None,) * (x.ndim - len(spec))
 
 
-# Sizes, inputs device_put on the mesh where they divide, mode. Eager on 8
+# Sizes, inputs device_put on the mesh where they divide, mode, mesh. Eager on 8
 # devices costs ~8x a compilation: two eager cases, which with the jitted ones
 # hold every pair of the three factors that the full set held (eager with each
-# placement, with an even and a padded size).
+# placement, with an even and a padded size), and eager on a vocabulary split
+# over two axes (jax.make_mesh((2, 2, 2))).
 EXPLICIT_CASES = [
-    ("16x96", "sharded", "jit"),
-    ("16x96", "sharded", "eager"),
-    ("16x96", "unsharded", "jit"),
-    ("16x101", "sharded", "jit"),
-    ("13x101", "unsharded", "jit"),
-    ("13x101", "unsharded", "eager"),
+    ("16x96", "sharded", "jit", "explicit_data2_vocab4"),
+    ("16x96", "sharded", "eager", "explicit_b2_v2x2"),
+    ("16x96", "unsharded", "jit", "explicit_data2_vocab4"),
+    ("16x101", "sharded", "jit", "explicit_data2_vocab4"),
+    ("13x101", "unsharded", "jit", "explicit_data2_vocab4"),
+    ("13x101", "unsharded", "eager", "explicit_data2_vocab4"),
 ]
 
 
 @pytest.mark.parametrize(
-    "size, placement, mode", EXPLICIT_CASES, ids=[",".join(c) for c in EXPLICIT_CASES]
+    "size, placement, mode, mesh_name",
+    EXPLICIT_CASES,
+    ids=[",".join(c) for c in EXPLICIT_CASES],
 )
-def test_explicit_mesh(size, placement, mode):
-    # jax.make_mesh((2, 4), ("data", "vocab")): every option; the mean loss and its
-    # gradients, and the per-token losses, == one device. A dimension that divides
-    # comes back split like the input (split too when the input was not placed);
-    # a padded one (no uneven layout exists) comes back replicated.
-    mesh, ba, va = meshes()["explicit_data2_vocab4"]
+def test_explicit_mesh(size, placement, mode, mesh_name):
+    # jax.make_mesh: every option; the mean loss and its gradients, and the
+    # per-token losses, == one device (eager: jax.grad inside jax.set_mesh; outside
+    # it, JAX cannot build the cotangent of an explicitly sharded output). A
+    # dimension that divides comes back split like the input (split too when the
+    # input was not placed); a padded one (no uneven layout exists) comes back
+    # replicated.
+    mesh, ba, va = meshes()[mesh_name]
     n, v = SIZES[size]
-    splits = {"data": n % 2 == 0, "vocab": v % 4 == 0}
+    splits = {ba: n % 2 == 0, va: v % 4 == 0}  # batch over 2 devices, vocab over 4
 
     def put(x, axis):
         if placement == "unsharded" or not splits[axis]:
@@ -429,10 +424,10 @@ def test_explicit_mesh(size, placement, mode):
         return out
 
     (hs, ws, bs, cws), _, labels, masks = sized_inputs(size)
-    args = (put(hs, "data"), put(ws, "vocab"), put(bs, "vocab"), put(cws, "vocab"))
-    opts = {**ALL, "where": put(masks, "data")}
+    args = (put(hs, ba), put(ws, va), put(bs, va), put(cws, va))
+    opts = {**ALL, "where": put(masks, ba)}
     kw = dict(mesh=mesh, batch_axis=ba, vocab_axis=va, **opts)
-    yp = put(labels, "data")
+    yp = put(labels, ba)
 
     def loss(h, w, b, cw, reduction):
         return fused(h, w, b, cw, yp, reduction=reduction, **kw)
@@ -447,8 +442,8 @@ def test_explicit_mesh(size, placement, mode):
         got, per = mean_grad(*args), per_token(*args)
     assert max_err(got, sized_reference(size, "all", "mean")) <= TOL
     assert max_err(per, sized_per_token_reference(size)) <= TOL
-    row = "data" if splits["data"] else None
-    col = "vocab" if splits["vocab"] else None
+    row = ba if splits[ba] else None
+    col = va if splits[va] else None
     assert spec_of(per) == (row,)
     assert [spec_of(g) for g in got[1]] == [(row, None), (col, None), (col,), (col,)]
 
