@@ -11,9 +11,9 @@ signature (`Head.options`), so an option added to a head is swept there as soon
 as it is listed in `LEVELS` (and the reference knows it); `test_fused_heads`
 fails for an option that is not.
 
-The inputs are small (13 tokens, 4 and 6 features, 21 classes: ragged against
-the chunk of 8 classes swept) so that every configuration is one quick
-compilation.
+The inputs are small (13 tokens, or 3 x 5 for the policy head; 4 and 6
+features, 21 classes: ragged against the chunk of 8 classes swept) so that every
+configuration is one quick compilation.
 """
 
 from __future__ import annotations
@@ -61,6 +61,33 @@ def data(seed: int = 0) -> dict[str, jax.Array]:
     return out
 
 
+B, T = 3, 5  # the policy head's (batch, time): 15 tokens
+
+
+def policy_data(seed: int = 0) -> dict[str, jax.Array]:
+    """The policy head's arrays: ``(B, T, D)`` hidden states, ``(B, T)`` tokens, a
+    completion mask, advantages; old / reference log-probs near the policy's own
+    (so that some ratios are clipped) and importance ratios."""
+    k = jax.random.split(jax.random.key(seed), 8)
+    hidden = jax.random.normal(k[0], (B, T, D))
+    weight = 0.5 * jax.random.normal(k[1], (V, D))
+    tokens = jax.random.randint(k[2], (B, T), 0, V)
+    logprob = jax.nn.log_softmax(hidden @ weight.T)
+    logprob = jnp.take_along_axis(logprob, tokens[..., None], -1)[..., 0]
+    return dict(
+        hidden=hidden,
+        weight=weight,
+        bias=jax.random.normal(k[3], (V,)),
+        tokens=tokens,
+        advantages=jax.random.normal(k[4], (B,)),
+        where=jnp.arange(T)[None, :] < jnp.array([T, 2, 4])[:, None],
+        old_logprob=logprob + 0.3 * jax.random.normal(k[5], (B, T)),
+        ref_logprob=logprob + 0.3 * jax.random.normal(k[6], (B, T)),
+        is_ratio=jax.random.uniform(k[7], (B, T), minval=0.8, maxval=1.2),
+        coef=jnp.zeros((3, N)),  # unused (the policy loss is a scalar)
+    )
+
+
 # -- option levels ------------------------------------------------------------------
 #
 # option -> its levels, the first the default. An array option is swept as
@@ -79,7 +106,6 @@ LEVELS: dict[str, tuple] = {
     "softcap": (None, 2.5),
     "temperature": (1.0, 0.7),
     "kind": ("forward_kl", "reverse_kl", "jsd"),
-    "beta": (0.5, 0.2),
     "base": (None, 2),
     "normalizer": (None, 7.5),
     "reduction": ("mean", "none", "sum", "sum_over_batch_size"),
@@ -89,9 +115,22 @@ LEVELS: dict[str, tuple] = {
     "memory_budget_bytes": (None, BUDGET),
     "weight_layout": ("vd", "dv"),
     "compact": (False, True),
+    # the policy head (its loss-specific knobs: tests/test_policy.py)
+    "loss_type": ("dapo", "grpo", "bnpo", "dr_grpo", "cispo", "sapo", "luspo", "vespo"),
+    "importance_sampling_level": ("token", "sequence"),
+    "old_logprob": (False, True),
+    "ref_logprob": (False, True),
+    "is_ratio": (False, True),
+    "entropy_coef": (0.0, 0.01),
+}
+# Options whose levels differ by head: head name -> option -> levels.
+HEAD_LEVELS: dict[str, dict[str, tuple]] = {
+    "linear_distillation_loss": {"beta": (0.5, 0.2)},  # the JSD mixture
+    "linear_policy_loss": {"beta": (0.0, 0.04)},  # the KL penalty
 }
 ARRAY_OPTIONS = {
-    "bias", "student_bias", "teacher_bias", "class_weights", "where", "weights"
+    "bias", "student_bias", "teacher_bias", "class_weights", "where", "weights",
+    "old_logprob", "ref_logprob", "is_ratio",
 }  # fmt: skip
 # Taken by the heads but not swept here: the mesh (tests/test_sharded.py,
 # tests/test_llm_sharded.py, tests/test_fused_compact.py) and distillation's
@@ -100,8 +139,19 @@ NOT_SWEPT = {"mesh", "batch_axis", "vocab_axis", "labels"}
 
 
 def allowed(row: Mapping[str, Any]) -> bool:
-    """Options that go together (a `normalizer` divides a summed loss)."""
-    return not (row.get("normalizer") is not None and row.get("reduction") == "none")
+    """Options that go together: a `normalizer` divides a summed loss (and of the
+    policy losses, those of "dapo", "cispo" and "vespo"); the KL penalty needs
+    reference log-probs; "cispo", "sapo" and "vespo" weigh tokens, not
+    sequences."""
+    if row.get("normalizer") is not None:
+        if row.get("reduction") == "none":
+            return False
+        if row.get("loss_type", "dapo") not in ("dapo", "cispo", "vespo"):
+            return False
+    if row.get("beta", 0.0) > 0 and row.get("ref_logprob") is False:
+        return False
+    token_only = row.get("loss_type") in ("cispo", "sapo", "vespo")
+    return not (token_only and row.get("importance_sampling_level") == "sequence")
 
 
 # -- references on explicit logits --------------------------------------------------
@@ -168,6 +218,24 @@ def distill_reference(
     return jaxce.distillation_loss(zs, zt, where=where, **kw)
 
 
+def policy_reference(
+    hidden, weight, tokens, advantages, *, where, temperature=1.0, bias=None,
+    weight_layout="vd", chunk_size=None, memory_budget_bytes=None, compact=False,
+    **kw,
+):  # fmt: skip
+    """`policy_loss` of the statistics of the full logits (its entropy too)."""
+    del chunk_size, memory_budget_bytes, compact
+    b, t, d = hidden.shape
+    s = stats_reference(
+        hidden.reshape(b * t, d), weight, tokens.reshape(b * t), bias=bias,
+        temperature=temperature, weight_layout=weight_layout,
+    )  # fmt: skip
+    return jaxce.policy_loss(
+        s.logprob.reshape(b, t), advantages, where=where,
+        entropy=s.entropy.reshape(b, t), **kw,
+    )  # fmt: skip
+
+
 # -- the registry -------------------------------------------------------------------
 
 
@@ -181,6 +249,13 @@ class Head:
     closed_form: Callable[..., Any] | None  # its gradients (same arguments)
     weights: tuple[str, ...]  # the (V, D) weights: transposed for "dv"
     biases: tuple[str, ...]
+    inputs: Callable[[int], dict[str, jax.Array]] = data  # seed -> arrays by name
+    required: tuple[str, ...] = ()  # keyword arrays always passed
+    fixed: tuple[tuple[str, Any], ...] = ()  # keywords always passed
+    elsewhere: tuple[str, ...] = ()  # options tested in the head's own file only
+    # float arrays that are data, not parameters (RL advantages, log-probs of
+    # other models): `test_fused_heads.test_gradients_of_data` checks them apart
+    constants: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         return self.name
@@ -208,13 +283,19 @@ class Head:
         """Labels are an option (distillation), not a positional argument."""
         return "labels" in self.options
 
+    @property
+    def has_labels(self) -> bool:
+        return "labels" in self.positional or self.labels_keyword
+
     def takes(self, option: str) -> bool:
         return option in self.options
 
     @property
     def swept(self) -> dict[str, tuple]:
         """option -> levels, for the options it takes that are swept."""
-        return {k: LEVELS[k] for k in self.options if k in LEVELS}
+        levels = {**LEVELS, **HEAD_LEVELS.get(self.name, {})}
+        skip = {*self.required, *self.elsewhere, *dict(self.fixed)}
+        return {k: levels[k] for k in self.options if k in levels and k not in skip}
 
     def arguments(self, row: Mapping[str, Any], arrays: Mapping[str, jax.Array]):
         """``(arrays, static)`` of a call with the options of ``row`` (levels of
@@ -227,8 +308,8 @@ class Head:
         if row.get("weight_layout", "vd") == "dv":
             for name in self.weights:
                 arrays[name] = arrays[name].T
-        out = {name: arrays[name] for name in self.positional}
-        static = {}
+        out = {name: arrays[name] for name in (*self.positional, *self.required)}
+        static = dict(self.fixed)
         for option, level in row.items():
             if option not in ARRAY_OPTIONS:
                 static[option] = level
@@ -248,6 +329,8 @@ class Head:
     def scalar(self, out, coef: jax.Array) -> jax.Array:
         """The scalar the gradient checks differentiate: the loss, a weighted sum
         of per-token losses, or ``sum(a logprob + b entropy + c logsumexp)``."""
+        if isinstance(out, tuple) and not isinstance(out, jaxce.TokenStats):
+            return out[0]  # (loss, metrics)
         if isinstance(out, jaxce.TokenStats):
             a, b, c = coef
             return jnp.sum(a * out.logprob + b * out.entropy + c * out.logsumexp)
@@ -280,6 +363,33 @@ HEADS = [
         closed_form=getattr(jaxce.closed_form, "linear_distillation_loss", None),
         weights=("student_weight", "teacher_weight"),
         biases=("student_bias", "teacher_bias"),
+        constants=("teacher_hidden", "teacher_weight", "teacher_bias"),
     ),
 ]
+HEADS.append(
+    Head(
+        name="linear_policy_loss",
+        fn=jaxce.linear_policy_loss,
+        reference=policy_reference,
+        closed_form=None,
+        weights=("weight",),
+        biases=("bias",),
+        inputs=policy_data,
+        required=("where",),
+        fixed=(("max_completion_length", T),),  # "dr_grpo" needs it
+        constants=("advantages", "old_logprob", "ref_logprob", "is_ratio"),
+        elsewhere=(
+            "epsilon_low",
+            "epsilon_high",
+            "delta",
+            "sapo_temperature_pos",
+            "sapo_temperature_neg",
+            "use_bias_correction_kl",
+            "vespo_k_pos",
+            "vespo_lambda_pos",
+            "vespo_k_neg",
+            "vespo_lambda_neg",
+        ),  # tests/test_policy.py and tests/peers/test_policy_liger.py
+    )
+)
 BY_NAME = {head.name: head for head in HEADS}

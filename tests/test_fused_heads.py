@@ -6,6 +6,8 @@ the same on every head.
   covering array, `helpers.pairwise`; the full cross-product is thousands of
   configurations), each one compilation of the fused and the reference value,
   outputs and gradients (w.r.t. every float array) together.
+- The gradients w.r.t. data arrays (a teacher, RL advantages and log-probs):
+  the reference's, zero where it holds them constant.
 - Options that once meant different things on different heads (issue 18): a
   NumPy ``softcap``, an infinite one, ``weights`` of shape ``(1,)``, and
   ``ignore_index`` on the prompt tokens.
@@ -23,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from fused_heads import BY_NAME, HEADS, IGNORE, LEVELS, NOT_SWEPT, N, V, allowed, data
+from fused_heads import BY_NAME, HEADS, IGNORE, NOT_SWEPT, N, V, allowed
 from helpers import assert_tree_allclose, jit_call, missing_pairs, pairwise
 from jax.sharding import Mesh
 
@@ -43,22 +45,33 @@ def heads(*options: str):
 def test_every_option_is_swept(head):
     """Each keyword a head takes has levels in `LEVELS` (and its reference
     knows it), or is tested elsewhere (`NOT_SWEPT`)."""
-    unknown = [o for o in head.options if o not in LEVELS and o not in NOT_SWEPT]
+    known = {*head.swept, *NOT_SWEPT, *head.required, *head.elsewhere}
+    unknown = [o for o in head.options if o not in known | set(dict(head.fixed))]
     assert not unknown, (
         f"{head.name} takes {unknown}: add levels to fused_heads.LEVELS and the "
         "option to the head's reference"
     )
 
 
+def test_every_fused_head_is_registered():
+    """Each public ``jaxce.linear_*`` function has an entry."""
+    import jaxce
+
+    public = {n for n in dir(jaxce) if n.startswith("linear_")}
+    assert public == set(BY_NAME), public ^ set(BY_NAME)
+
+
 # -- options against the unfused reference --------------------------------------
 
 
 def _every_option(head) -> dict:
-    """Every option at its last level, per-token losses where there are any."""
-    row = {k: levels[-1] for k, levels in head.swept.items()}
-    if "reduction" in row:
-        row.update(reduction="none", normalizer=None)
-    return row
+    """Every option at its last level that goes with the others (per-token
+    losses where there are any)."""
+    row = {"reduction": "none"} if "reduction" in head.swept else {}
+    for option, levels in head.swept.items():
+        if option not in row:
+            row[option] = [lv for lv in levels if allowed({**row, option: lv})][-1]
+    return {option: row[option] for option in head.swept}
 
 
 # The pairwise rows, then one with every option set at once.
@@ -73,11 +86,17 @@ def test_rows_hold_every_pair(head):
     assert all(allowed(row) for row in rows)
 
 
-def _fused_and_reference(arrays, coef, *, head, **static):
+def _fused_and_reference(arrays, coef, *, head, data_gradients=False, **static):
     """``((scalar, output), gradients)`` of the fused head and of its reference,
-    gradients w.r.t. every float array argument; one compilation for both."""
+    gradients w.r.t. every float array argument but the head's `constants` (with
+    ``data_gradients``: w.r.t. those only); one compilation for both."""
     entry = BY_NAME[head]
-    floats = {k: v for k, v in arrays.items() if jnp.issubdtype(v.dtype, jnp.floating)}
+    floats = {
+        k: v
+        for k, v in arrays.items()
+        if jnp.issubdtype(v.dtype, jnp.floating)
+        and (k in entry.constants) == data_gradients
+    }
     rest = {k: v for k, v in arrays.items() if k not in floats}
 
     def value_and_grads(fn):
@@ -90,13 +109,13 @@ def _fused_and_reference(arrays, coef, *, head, **static):
     return value_and_grads(entry.fn), value_and_grads(entry.reference)
 
 
-def _row_id(row) -> str:
-    changed = [f"{k}={v}" for k, v in row.items() if v != LEVELS[k][0]]
+def _row_id(head, row) -> str:
+    changed = [f"{k}={v}" for k, v in row.items() if v != head.swept[k][0]]
     return ",".join(changed) or "defaults"
 
 
 CASES = [
-    pytest.param(head, row, id=f"{head.name}-{i}-{_row_id(row)}")
+    pytest.param(head, row, id=f"{head.name}-{i}-{_row_id(head, row)}")
     for head in HEADS
     for i, row in enumerate(ROWS[head.name])
 ]
@@ -104,7 +123,7 @@ CASES = [
 
 @pytest.mark.parametrize("head, row", CASES)
 def test_matches_reference(head, row):
-    d = data()
+    d = head.inputs(0)
     arrays, static = head.arguments(row, d)
     got, want = jit_call(_fused_and_reference, arrays, d["coef"], head=head.name,
                          **static)  # fmt: skip
@@ -115,13 +134,29 @@ def test_matches_reference(head, row):
     assert np.isfinite(float(got[0][0]))
 
 
+@pytest.mark.parametrize("head", [h for h in heads() if h.values[0].constants])
+def test_gradients_of_data(head):
+    """The gradients w.r.t. the data arrays (a teacher, advantages, the old and
+    reference log-probs, importance ratios) are the reference's: zero where it
+    treats them as constants, its own otherwise (a fused head may not drop a
+    gradient that its composition has)."""
+    d = head.inputs(0)
+    row = {k: levels[-1] for k, levels in head.swept.items()
+           if k in head.constants or k in {*head.biases}}  # fmt: skip
+    arrays, static = head.arguments(row, d)
+    assert set(head.constants) <= set(arrays)
+    got, want = jit_call(_fused_and_reference, arrays, d["coef"], head=head.name,
+                         data_gradients=True, **static)  # fmt: skip
+    assert_tree_allclose(got[1], want[1], **TOL)
+
+
 # -- the options that diverged between heads (issue 18) -------------------------
 
 
 def _forward(head, **options):
     """The head's output on `data` with keyword ``options``."""
-    arrays, _ = head.arguments({}, data())
-    return head.call(head.fn, arrays, **options)
+    arrays, static = head.arguments({}, head.inputs(0))
+    return head.call(head.fn, arrays, **static, **options)
 
 
 @pytest.mark.parametrize("head", heads("softcap"))
@@ -129,7 +164,7 @@ def test_numpy_softcap_is_accepted(head):
     """A NumPy float32 soft cap is the Python float it holds (the functions
     unwrapped: the test session's type checker reads the annotation, a Python
     number)."""
-    arrays, _ = head.arguments({}, data())
+    arrays, _ = head.arguments({}, head.inputs(0))
     fn = inspect.unwrap(head.fn)
     got = head.call(fn, arrays, softcap=np.float32(30.0))
     assert_tree_allclose(got, head.call(fn, arrays, softcap=30.0), rtol=0, atol=0)
@@ -155,13 +190,13 @@ def test_weights_of_shape_one_broadcast(head):
         assert_tree_allclose(one, every, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("head", heads())
+@pytest.mark.parametrize("head", [h for h in heads() if h.values[0].has_labels])
 def test_ignore_index_is_where(head):
     """Every head that takes labels takes ``ignore_index``; -100 on the prompt
     tokens is ``where=labels != -100``: those tokens give 0 (not NaN), the
     others what they give without ``ignore_index``."""
     assert head.takes("ignore_index")
-    d = data()
+    d = head.inputs(0)
     y = d["ignored"]  # -100 on 4 of the 13 tokens
     options = {"reduction": "none"} if head.takes("reduction") else {}
     arrays, static = head.arguments({"ignore_index": IGNORE}, d)
@@ -182,7 +217,7 @@ BAD_MESH = Mesh(np.array(jax.devices()[:1]), ("v",))
 # A change names an argument (role: "hidden", "weight", "labels", "bias" stand
 # for a head's own names) or an option; a case runs on every head that takes it.
 BAD = [
-    ("features", {"hidden": (N, 5)}, ValueError, r"features"),
+    ("features", {"hidden": 5}, ValueError, r"features"),
     ("dtype", {"weight": "bfloat16"}, TypeError, r"same dtype"),
     ("labels-shape", {"labels": (N + 1,)}, ValueError, r"`labels`.*shape"),
     ("labels-float", {"labels": "float32"}, TypeError, r"`labels`.*integer"),
@@ -222,7 +257,9 @@ ROLES = {"hidden", "weight", "labels", "bias"}
 
 
 def _applies(head, change) -> bool:
-    return all(k in ROLES or head.takes(k) for k in change)
+    roles = {"hidden", "weight"} | ({"labels"} if head.has_labels else set())
+    roles |= {"bias"} if head.biases else set()
+    return all(k in roles or (k not in ROLES and head.takes(k)) for k in change)
 
 
 MESH_ARGS = {"mesh", "batch_axis", "vocab_axis"}
@@ -247,7 +284,7 @@ def _unwrapped_and_public(head, change=()):
 
 def _call_with(head, fn, **change):
     """``fn`` on small valid inputs with ``change`` applied (see `BAD`)."""
-    d = data()
+    d = head.inputs(0)
     arrays, static = head.arguments({}, d)
     hidden, weight = head.positional[:2]
     labelled = head.labels_keyword and any(
@@ -257,8 +294,8 @@ def _call_with(head, fn, **change):
         arrays["labels"] = d["labels"]
         static["ignore_index"] = -1
     for key, value in change.items():
-        if key == "hidden":
-            arrays[hidden] = jnp.ones(value)
+        if key == "hidden":  # another number of features
+            arrays[hidden] = jnp.ones((*arrays[hidden].shape[:-1], value))
         elif key == "weight":
             arrays[weight] = arrays[weight].astype(value)
         elif key == "labels":
