@@ -21,10 +21,10 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from .._core import IndexLike, Number, compute_dtype
 from .._losses._policy import (
-    _NORMALIZED,
     LossType,
     PolicyMetrics,
     PolicyOptions,
+    check_policy_normalizer,
     check_policy_options,
     metrics_of,
     norm_weights,
@@ -197,11 +197,7 @@ def linear_policy_loss(
     ids = jnp.asarray(tokens)
     if ids.shape != (b, t):
         raise ValueError(f"`tokens` must have shape {(b, t)}, got {ids.shape}.")
-    if normalizer is not None and opt.loss_type not in _NORMALIZED:
-        raise ValueError(
-            f"`normalizer` applies to loss_type in {_NORMALIZED}, not "
-            f"{opt.loss_type!r}."
-        )
+    check_policy_normalizer(normalizer, opt)
     dtype = compute_dtype(h.dtype)  # float32 for bf16 / fp16
     adv, m, old, ref, isr, _ = prepare_policy_arrays(
         (b, t), dtype, advantages, where, old_logprob, ref_logprob, is_ratio,

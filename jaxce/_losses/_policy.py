@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float
 
-from .._core import Number, compute_dtype
+from .._core import Number, check_normalizer, compute_dtype
 from ._policy_options import LOSS_TYPES, PolicyOptions, check_policy_options
 
 LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo"]
@@ -150,6 +150,17 @@ def _as(x, name: str, shape: tuple, dtype) -> Array | None:
     return a.astype(dtype)
 
 
+def check_policy_normalizer(normalizer, opt: PolicyOptions) -> None:
+    """``normalizer`` (Liger's ``num_items_in_batch``): None, or a finite real
+    number > 0, for the loss types that divide by a token count."""
+    check_normalizer(normalizer, "sum")
+    if normalizer is not None and opt.loss_type not in _NORMALIZED:
+        raise ValueError(
+            f"`normalizer` applies to loss_type in {_NORMALIZED}, not "
+            f"{opt.loss_type!r}."
+        )
+
+
 def prepare_policy_arrays(logprob_shape, dtype, advantages, where, old_logprob,
                           ref_logprob, is_ratio, entropy=None, beta=0.0):  # fmt: skip
     """Checked ``(adv (B, 1), m (B, T), old, ref, isr, entropy)``."""
@@ -182,6 +193,8 @@ def prepare_policy_arrays(logprob_shape, dtype, advantages, where, old_logprob,
             )
     ent = _as(entropy, "entropy", (b, t), dtype)
     assert adv is not None
+    # Data, not parameters (as in Liger and TRL): no gradient flows to them.
+    adv, old, ref, isr = jax.lax.stop_gradient((adv, old, ref, isr))
     return adv[:, None], w.astype(dtype), old, ref, isr, ent
 
 
@@ -304,11 +317,7 @@ def policy_loss(
         raise ValueError(
             "`entropy_coef` > 0 needs `entropy` (the per-token entropies)."
         )
-    if normalizer is not None and opt.loss_type not in _NORMALIZED:
-        raise ValueError(
-            f"`normalizer` applies to loss_type in {_NORMALIZED}, not "
-            f"{opt.loss_type!r}."
-        )
+    check_policy_normalizer(normalizer, opt)
     return policy_from_logprob(lp, adv, m, old, ref, isr, ent, opt, normalizer)
 
 
