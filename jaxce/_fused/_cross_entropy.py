@@ -8,7 +8,6 @@ reduction in plain JAX. See ``docs/fused.md``.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Literal
 
 import jax
@@ -228,8 +227,5 @@ def linear_softmax_cross_entropy(
         params = params._replace(class_weights=lay.per_class(cw))
     loss = token_losses(s, params, v, place(call.invalid))
     if lay is not None:
-        wts = reducer.weights
-        reducer = dataclasses.replace(
-            reducer, present=place(reducer.present), weights=place(wts)
-        )
+        reducer = lay.rows_reducer(reducer)
     return reducer.reduce(loss, None if cw is None else s.w_y)

@@ -231,10 +231,7 @@ def linear_distillation_loss(
     if reducer.reduction == "none":
         per = rows(loss, call, lay, call.head, aux=(teacher,))
         if lay is not None:
-            wts = reducer.weights
-            reducer = dataclasses.replace(
-                reducer, present=lay.rows(reducer.present), weights=lay.rows(wts)
-            )
+            reducer = lay.rows_reducer(reducer)
         return reducer.reduce(per)
     coef = reducer.coefficients()
     out = rows(loss, call, lay, call.head, aux=(teacher,), coef=coef)

@@ -113,6 +113,11 @@ class Layout:
             return x
         return self.place(x, self.row())
 
+    def rows_reducer(self, reducer):
+        """A `Reducer` whose per-token arrays are placed as `rows` places them."""
+        present, weights = self.rows(reducer.present), self.rows(reducer.weights)
+        return dataclasses.replace(reducer, present=present, weights=weights)
+
     def per_class(self, x):
         """A per-class ``x`` placed like the engine's vocabulary split (when
         the vocabulary axis divides ``V``), so its gradient is split alike."""

@@ -56,19 +56,22 @@ class Block(NamedTuple):
     classes: tuple = ()
     tokens: tuple = ()
 
-    def at_label(self, x: Array, zero) -> Array:
-        """``x[n, labels_n]`` of a ``(T, C)`` block (``zero`` if not in it)."""
+    def _label_column(self) -> tuple[Array, Array]:
+        """Each token's label as a column of the block, and whether the block
+        owns it (the label is in the block and that column is valid)."""
         hit = (self.labels >= self.cols[0]) & (self.labels <= self.cols[-1])
         idx = jnp.clip(self.labels - self.cols[0], 0, self.cols.shape[0] - 1)
-        owned = jnp.take_along_axis(self.valid[None, :], idx[:, None], 1)[:, 0]
-        got = jnp.take_along_axis(x, idx[:, None], axis=1)[:, 0]
-        return jnp.where(hit & owned, got, zero)
+        return idx, hit & self.valid[idx]
+
+    def at_label(self, x: Array, zero) -> Array:
+        """``x[n, labels_n]`` of a ``(T, C)`` block (``zero`` if not in it)."""
+        idx, ok = self._label_column()
+        return jnp.where(ok, jnp.take_along_axis(x, idx[:, None], axis=1)[:, 0], zero)
 
     def class_at_label(self, x: Array, zero) -> Array:
         """``x[labels_n]`` of a ``(C,)`` per-class block (``zero`` if not in it)."""
-        return self.at_label(
-            jnp.broadcast_to(x[None, :], (self.labels.shape[0], x.shape[0])), zero
-        )
+        idx, ok = self._label_column()
+        return jnp.where(ok, x[idx], zero)
 
     def is_label(self) -> Array:
         """``(T, C)``: column ``c`` is token ``n``'s label (and owned)."""
