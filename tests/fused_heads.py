@@ -205,13 +205,13 @@ def distill_reference(
     student_hidden, student_weight, teacher_hidden, teacher_weight, *,
     student_bias=None, teacher_bias=None, labels=None, ignore_index=None, where=None,
     weight_layout="vd", chunk_size=None, memory_budget_bytes=None, compact=False,
-    **kw,
+    softcap=None, **kw,
 ):  # fmt: skip
-    """`distillation_loss` of the two models' logits; ``labels == ignore_index``
-    marks absent tokens."""
+    """`distillation_loss` of the two models' (soft-capped) logits;
+    ``labels == ignore_index`` marks absent tokens."""
     del chunk_size, memory_budget_bytes, compact
-    zs = _logits(student_hidden, student_weight, student_bias, weight_layout)
-    zt = _logits(teacher_hidden, teacher_weight, teacher_bias, weight_layout)
+    zs = _logits(student_hidden, student_weight, student_bias, weight_layout, softcap)
+    zt = _logits(teacher_hidden, teacher_weight, teacher_bias, weight_layout, softcap)
     if labels is not None:
         keep = labels != ignore_index
         where = keep if where is None else where & keep

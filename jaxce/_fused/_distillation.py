@@ -79,6 +79,7 @@ def linear_distillation_loss(
     kind: Kind = "forward_kl",
     beta: Number = 0.5,
     temperature: Number = 1.0,
+    softcap: Number | None = None,
     student_bias: Float[ArrayLike, " _vocab"] | None = None,
     teacher_bias: Float[ArrayLike, " _vocab"] | None = None,
     labels: Int[ArrayLike, " _tokens"] | None = None,
@@ -128,6 +129,9 @@ def linear_distillation_loss(
         kind: ``"forward_kl"``, ``"reverse_kl"`` or ``"jsd"``.
         beta: $\beta \in [0, 1]$, the teacher's weight in the JSD mixture.
         temperature: $\tau > 0$.
+        softcap: a finite $c > 0$: both models' logits ``c * tanh(z / c)``
+            (Gemma 2) before the temperature, as in
+            `jaxce.linear_softmax_cross_entropy`; or None.
         student_bias: ``(V,)`` or None.
         teacher_bias: see ``student_bias``.
         labels: ``(N,)`` integer labels, only to mark ignored tokens (those
@@ -194,7 +198,7 @@ def linear_distillation_loss(
         def auto(sh, sw, th, tw, sb, tb, y, m, w, z):
             return linear_distillation_loss(
                 sh, sw, th, tw, kind=kind, beta=beta, temperature=temperature,
-                student_bias=sb, teacher_bias=tb, labels=y,
+                softcap=softcap, student_bias=sb, teacher_bias=tb, labels=y,
                 ignore_index=ignore_index, where=m, weights=w, reduction=reduction,
                 normalizer=z, base=base, chunk_size=chunk_size,
                 memory_budget_bytes=memory_budget_bytes,
@@ -217,7 +221,7 @@ def linear_distillation_loss(
         )
     call = prepare_call(
         student_hidden, student_weight, labels, bias=student_bias,
-        ignore_index=ignore_index, where=where, chunk_size=chunk_size,
+        ignore_index=ignore_index, where=where, softcap=softcap, chunk_size=chunk_size,
         memory_budget_bytes=memory_budget_bytes, weight_layout=weight_layout,
         compact=compact, who="student_",
     )  # fmt: skip
